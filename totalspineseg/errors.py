@@ -15,7 +15,7 @@ class TotalSpineSegError(Exception):
 class InputError(TotalSpineSegError, ValueError):
     """An input file is missing, unreadable, or not a usable 3-D/4-D NIfTI image."""
 
-    exit_code = 64  # EX_USAGE-style: bad input data
+    exit_code = 65  # EX_DATAERR (BIDS-Apps spec): input data incorrect
 
     def __init__(self, path, problem: str):
         self.path = str(path)

@@ -1,0 +1,128 @@
+"""Exact phantom round trip: ground truth -> network classes -> `totalspineseg-label` -> final labels."""
+
+from functools import lru_cache
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from totalspineseg import labels as L
+from totalspineseg import metrics, phantom
+from totalspineseg.cli import label as label_cli
+from totalspineseg.volume import save_nifti
+
+GRIDS = [("RAS", (1.0, 1.0, 1.0)), ("LPS", (0.8, 0.8, 2.0)), ("PSR", (0.9, 0.9, 3.0))]
+
+
+@lru_cache(maxsize=None)
+def _phantom(seed, fov, orientation, voxel, extra_lumbar=False, missing_disc=None):
+    return phantom.make_phantom(
+        seed=seed, fov=fov, orientation=orientation, voxel=voxel, extra_lumbar=extra_lumbar, missing_disc=missing_disc
+    )
+
+
+@lru_cache(maxsize=None)
+def _localizer(seed, extra_lumbar=False):
+    return phantom.make_localizer(seed=seed, extra_lumbar=extra_lumbar)
+
+
+def _run(tmp_path, step, classes, affine, loc=None):
+    raw = save_nifti(tmp_path / f"{step}_raw.nii.gz", classes, affine)
+    out = tmp_path / f"{step}_out.nii.gz"
+    argv = [step, str(raw), str(out), "-q"]
+    if loc is not None:
+        argv += ["--loc", str(save_nifti(tmp_path / "loc.nii.gz", loc.labels, loc.affine))]
+    assert label_cli.main(argv) == 0
+    img = nib.load(out)
+    assert img.shape == classes.shape
+    assert np.allclose(img.affine, affine)
+    return np.asarray(img.dataobj)
+
+
+def _truth_for(step, truth):
+    if step == "step1":
+        # Step 1 numbers discs only; every other vertebra is 50, C1 stays 11.
+        t = truth.copy()
+        t[np.isin(t, [v for v in L.VERTEBRAE_POSSIBLE if v != L.C1])] = L.SACRUM
+        return t, ("disc",)
+    return truth, ("disc", "vertebra", "sacrum")
+
+
+@pytest.mark.parametrize("step", ["step1", "step2"])
+@pytest.mark.parametrize("orientation,voxel", GRIDS, ids=[g[0] for g in GRIDS])
+@pytest.mark.parametrize("fov", phantom.FOVS)
+def test_round_trip_numbers_everything(tmp_path, fov, orientation, voxel, step):
+    ph = _phantom(3, fov, orientation, voxel)
+    classes = L.final_to_step1(ph.labels) if step == "step1" else L.final_to_step2(ph.labels)
+    loc = _localizer(3) if fov == "thoracic" else None
+    pred = _run(tmp_path, step, classes, ph.affine, loc)
+    truth, kinds = _truth_for(step, ph.labels)
+    rate, failures = metrics.identification_rate(pred, truth, kinds=kinds, min_voxels=20)
+    assert failures == [], f"{fov} {orientation} {step}: wrongly numbered {failures}"
+    assert rate == 1.0
+
+
+@pytest.mark.parametrize("fov", ["whole", "lumbar"])
+def test_extra_lumbar_vertebra(tmp_path, fov):
+    ph = _phantom(5, fov, "RAS", (1.0, 1.0, 1.0), extra_lumbar=True)
+    pred = _run(tmp_path, "step2", L.final_to_step2(ph.labels), ph.affine)
+    assert L.VERTEBRA_L6 in pred and L.DISC_L5_L6 in pred and L.DISC_L5_S in pred
+    _, failures = metrics.identification_rate(pred, ph.labels, min_voxels=20)
+    assert failures == []
+
+
+def test_thoracic_without_localizer_is_unnumbered_not_invented(tmp_path):
+    ph = _phantom(3, "thoracic", "RAS", (1.0, 1.0, 1.0))
+    raw = save_nifti(tmp_path / "raw.nii.gz", L.final_to_step2(ph.labels), ph.affine)
+    from totalspineseg.cli.label import label_file
+
+    result = label_file("step2", raw, tmp_path / "out.nii.gz")
+    assert not result.numbered
+    assert any("--loc" in w for w in result.warnings)
+    pred = np.asarray(nib.load(tmp_path / "out.nii.gz").dataobj)
+    numbered = [v for v in np.unique(pred) if v in L.DISCS_POSSIBLE or v in L.VERTEBRAE_POSSIBLE]
+    assert numbered == [], "no number may be invented without a landmark"
+    assert L.DISC_UNNUMBERED in pred and L.VERTEBRA_UNNUMBERED in pred
+    assert L.CANAL in pred and L.CORD in pred
+
+
+def _add_blob(classes, value, centre, n=30):
+    out = classes.copy()
+    c = np.array(centre)
+    offs = np.argwhere(np.ones((4, 4, 4), bool))[:n] - 2
+    for o in offs:
+        out[tuple(c + o)] = value
+    return out
+
+
+def _split_vertebra(truth, classes, vertebra):
+    """Cut a vertebra's arch off its body: remove the pedicles' layer where body meets arch."""
+    out = classes.copy()
+    m = truth == vertebra
+    ys = np.nonzero(m)[1]
+    # The canal lies behind the body: clear a 3-voxel slab just posterior to the body's back wall.
+    canal_y = np.nonzero(truth == L.CANAL)[1].mean()
+    cut = (np.arange(truth.shape[1]) > canal_y - 2) & (np.arange(truth.shape[1]) < canal_y + 2)
+    out[m & cut[None, :, None]] = 0
+    del ys
+    return out
+
+
+@pytest.mark.parametrize("step", ["step1", "step2"])
+def test_robust_to_missing_disc_noise_and_split(tmp_path, step):
+    missing = 75  # T4-T5
+    ph = _phantom(7, "whole", "RAS", (1.0, 1.0, 1.0), missing_disc=missing)
+    assert missing not in ph.labels
+    classes = L.final_to_step1(ph.labels) if step == "step1" else L.final_to_step2(ph.labels)
+    # A 30-voxel noise blob far from the spine, in a corner.
+    corner = (3, 3, ph.labels.shape[2] // 2)
+    classes = _add_blob(classes, int(L.Step1.DISC), corner)
+    classes = _split_vertebra(ph.labels, classes, 43)  # L3 body and arch apart
+    pred = _run(tmp_path, step, classes, ph.affine)
+    truth, kinds = _truth_for(step, ph.labels)
+    rate, failures = metrics.identification_rate(pred, truth, kinds=kinds, min_voxels=20)
+    assert rate >= 0.95, failures
+    # Levels after the gap are not shifted: every disc below the missing one is exact.
+    below = [d for d in L.DISCS_DEFAULT if d > missing]
+    ok = metrics.identified(pred, truth, [d for d in below if d in truth])
+    assert all(ok.values()), ok

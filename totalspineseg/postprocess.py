@@ -1,0 +1,242 @@
+"""Post-processing on label arrays: largest component, canal fill, soft maps, odd-disc channel, level points.
+
+Every function takes and returns numpy arrays in the canonical RAS+ 1 mm working grid (axis 2 = superior,
+axis 1 = anterior). Distances are in voxels, which are millimetres there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from . import labels as L
+
+CROSS = ndimage.generate_binary_structure(3, 1)
+FULL = ndimage.generate_binary_structure(3, 3)
+
+
+def bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Bounding box of the non-zero voxels, grown by `margin` and clipped to the array."""
+    slices = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        nz = np.flatnonzero(mask.any(axis=other))
+        if nz.size == 0:
+            return None
+        slices.append(slice(max(int(nz[0]) - margin, 0), min(int(nz[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(slices)
+
+
+def dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Dilation by the 6-neighbourhood cross, `iterations` times (an L1 ball)."""
+    if iterations <= 0:
+        return mask.copy()
+    return ndimage.binary_dilation(mask, CROSS, iterations=iterations)
+
+
+def largest_component(seg: np.ndarray, dilation: int = 5) -> np.ndarray:
+    """Keep the one spine-shaped blob: pieces closer than about 2*`dilation` voxels count as connected.
+
+    Components are found on the binarised map dilated by `dilation`; the one with the most original voxels
+    wins, and its original labels are kept.
+    """
+    box = bbox(seg != 0, margin=dilation + 1)
+    if box is None:
+        return seg.copy()
+    sub = seg[box] != 0
+    grown = dilate(sub, dilation)
+    comp, n = ndimage.label(grown, FULL)
+    if n <= 1:
+        return seg.copy()
+    counts = np.bincount(comp[sub], minlength=n + 1)
+    counts[0] = 0
+    keep = comp == int(np.argmax(counts))
+    out = np.zeros_like(seg)
+    out[box] = np.where(keep & sub, seg[box], 0)
+    return out
+
+
+def _keep_largest(mask: np.ndarray) -> np.ndarray:
+    comp, n = ndimage.label(mask, FULL)
+    if n <= 1:
+        return mask
+    counts = np.bincount(comp.ravel(), minlength=n + 1)
+    counts[0] = 0
+    return comp == int(np.argmax(counts))
+
+
+def _span_inside(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Voxels lying between the first and last True of their line along `axis`."""
+    forward = np.maximum.accumulate(mask, axis=axis)
+    backward = np.flip(np.maximum.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis)
+    return forward & backward
+
+
+def fill_canal(seg: np.ndarray, canal: int = L.CANAL, cord: int = L.CORD) -> np.ndarray:
+    """Make the canal one closed tube around the cord.
+
+    Cord pieces outside the largest cord component become canal; canal/cord outside the largest component
+    of their union is removed; then every background voxel inside the union's in-plane (axial) extent becomes
+    canal. Unlike upstream, bone and disc voxels are never overwritten.
+    """
+    out = seg.copy()
+    box = bbox((out == canal) | (out == cord), margin=1)
+    if box is None:
+        return out
+    sub = out[box]
+    cord_mask = sub == cord
+    if cord_mask.any():
+        main_cord = _keep_largest(cord_mask)
+        sub[cord_mask & ~main_cord] = canal
+    union = (sub == canal) | (sub == cord)
+    main = _keep_largest(union)
+    sub[union & ~main] = 0
+    inside = _span_inside(main, axis=0) & _span_inside(main, axis=1)
+    sub[inside & (sub == 0)] = canal
+    out[box] = sub
+    return out
+
+
+def mask_soft(prob: np.ndarray, seg: np.ndarray, values, dilation: int = 1) -> np.ndarray:
+    """Zero a probability map outside the (dilated) hard mask of `values`."""
+    mask = dilate(np.isin(seg, list(values)), dilation)
+    return np.where(mask, prob, 0).astype(np.float32)
+
+
+def odd_disc_mask(seg: np.ndarray) -> np.ndarray:
+    """Step-2 second channel: every other disc, starting with the top-most one present.
+
+    Numbered discs are ordered by label (cranio-caudal); unnumbered discs are ordered by height.
+    """
+    present = [int(v) for v in np.unique(seg) if L.is_disc(int(v))]
+    if not present:
+        return np.zeros(seg.shape, dtype=np.uint8)
+    if L.DISC_UNNUMBERED not in present:
+        chosen = present[0::2]
+        return np.isin(seg, chosen).astype(np.uint8)
+    parts: list[tuple[float, np.ndarray]] = []
+    for v in present:
+        comp, n = ndimage.label(seg == v, FULL)
+        for i, sl in enumerate(ndimage.find_objects(comp), start=1):
+            z = np.nonzero(comp[sl] == i)[2].mean() + sl[2].start
+            parts.append((z, (comp == i)))
+    parts.sort(key=lambda t: -t[0])
+    out = np.zeros(seg.shape, dtype=np.uint8)
+    for _, m in parts[0::2]:
+        out[m] = 1
+    return out
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Canal centreline and disc level points
+
+
+class Centerline:
+    """A smoothed canal centreline x(z), y(z) over the canal's z range, with arc length."""
+
+    def __init__(self, canal_mask: np.ndarray, sigma: float = 4.0):
+        xs, ys, zs = np.nonzero(canal_mask)
+        if zs.size == 0:
+            raise ValueError("no canal")
+        z0, z1 = int(zs.min()), int(zs.max())
+        n = z1 - z0 + 1
+        count = np.bincount(zs - z0, minlength=n).astype(float)
+        sx = np.bincount(zs - z0, weights=xs, minlength=n)
+        sy = np.bincount(zs - z0, weights=ys, minlength=n)
+        have = count > 0
+        zz = np.arange(n)
+        mx = np.interp(zz, zz[have], sx[have] / count[have])
+        my = np.interp(zz, zz[have], sy[have] / count[have])
+        if n > 3:
+            mx = ndimage.gaussian_filter1d(mx, sigma, mode="nearest")
+            my = ndimage.gaussian_filter1d(my, sigma, mode="nearest")
+        self.z = (zz + z0).astype(float)
+        self.x = mx
+        self.y = my
+        step = np.sqrt(np.diff(mx) ** 2 + np.diff(my) ** 2 + 1.0)
+        self.arclength = np.concatenate([[0.0], np.cumsum(step)])
+        self._tree = None
+
+    @property
+    def points(self) -> np.ndarray:
+        return np.column_stack([self.x, self.y, self.z])
+
+    def tree(self):
+        if self._tree is None:
+            from scipy.spatial import cKDTree
+
+            self._tree = cKDTree(self.points)
+        return self._tree
+
+    def y_at(self, z: np.ndarray) -> np.ndarray:
+        return np.interp(z, self.z, self.y)
+
+    def position(self, points: np.ndarray) -> np.ndarray:
+        """Arc length (mm from the bottom, increasing superiorly) of the nearest centreline point.
+
+        Points beyond either end of the canal continue along z.
+        """
+        points = np.atleast_2d(np.asarray(points, dtype=float))
+        _, idx = self.tree().query(points)
+        pos = self.arclength[idx].copy()
+        below = points[:, 2] < self.z[0]
+        above = points[:, 2] > self.z[-1]
+        pos[below] = points[below, 2] - self.z[0]
+        pos[above] = self.arclength[-1] + points[above, 2] - self.z[-1]
+        return pos
+
+
+def disc_level_points(
+    seg: np.ndarray,
+    canal_values=(L.CORD, L.CANAL),
+    c2_values=(L.C2, L.SACRUM),
+    c1_min_voxels: int = 500,
+) -> tuple[np.ndarray, dict[int, tuple[int, int, int]]]:
+    """Single-voxel disc levels (SCT convention, `labels.level_of_disc`) from a final-scheme segmentation.
+
+    Each numbered disc gets one point: its voxel nearest to the smoothed canal centreline (the posterior tip
+    of the disc). The number comes from the disc's own label, so a missing disc never shifts the others.
+    Levels 1 (top of the dens) and 2 (C1-C2) are added when C2-C3, a C1 of more than `c1_min_voxels`
+    voxels and C2 bone are all present. `c2_values` names the labels that may hold C2 (12 in a step-2
+    output; 50, "any vertebra", in a step-1 output).
+
+    Returns the level volume (uint8) and {level: voxel index}.
+    """
+    levels = np.zeros(seg.shape, dtype=np.uint8)
+    points: dict[int, tuple[int, int, int]] = {}
+    canal_mask = np.isin(seg, list(canal_values))
+    if not canal_mask.any():
+        raise ValueError("no spinal canal in the segmentation: disc levels need the canal centreline")
+    line = Centerline(canal_mask)
+    tree = line.tree()
+    for disc in L.DISCS_DEFAULT:
+        level = L.level_of_disc(disc)
+        vox = np.argwhere(seg == disc)
+        if vox.size == 0:
+            continue
+        dist, _ = tree.query(vox)
+        p = tuple(int(c) for c in vox[int(np.argmin(dist))])
+        levels[p] = level
+        points[level] = p
+
+    p3 = points.get(L.level_of_disc(L.DISC_C2_C3))
+    c1_vox = np.argwhere(seg == L.C1)
+    if p3 is not None and len(c1_vox) > c1_min_voxels:
+        z_c1_top = int(c1_vox[:, 2].max())
+        plane = seg[p3[0]]
+        cand = np.argwhere(np.isin(plane, list(c2_values)))
+        cand = cand[(cand[:, 1] < z_c1_top) & (cand[:, 1] > p3[2])]
+        if len(cand):
+            tip_yz = cand[int(np.argmax(cand[:, 1]))]
+            tip = np.array([p3[0], tip_yz[0], tip_yz[1]], dtype=float)
+            # The line through p3 parallel to the centreline: the same offset at every height.
+            _, i3 = tree.query(np.asarray(p3, dtype=float))
+            offset = np.asarray(p3, dtype=float) - line.points[i3]
+            shifted = line.points + offset
+            for level, target in ((L.LEVEL_DENS, tip), (L.LEVEL_C1_C2, (tip + np.asarray(p3)) / 2.0)):
+                q = shifted[int(np.argmin(np.linalg.norm(shifted - target, axis=1)))]
+                q = tuple(int(np.clip(round(c), 0, s - 1)) for c, s in zip(q, seg.shape))
+                if levels[q] == 0:
+                    levels[q] = level
+                    points[level] = q
+    return levels, points
