@@ -107,8 +107,10 @@ def _components(
     n = 0
     for group in groups:
         mask = np.isin(classes, group)
-        if not mask.any():
+        box = bbox(mask, margin=params.component_dilation + 1)
+        if box is None:
             continue
+        mask = mask[box]
         grown = dilate(mask, params.component_dilation)
         comp, k = ndimage.label(grown, FULL)
         comp[~mask] = 0
@@ -117,8 +119,9 @@ def _components(
         keep = keep[keep > 0]
         remap = np.zeros(k + 1, dtype=np.int32)
         remap[keep] = np.arange(n + 1, n + 1 + len(keep))
+        sub = label_map[box]
         sel = comp > 0
-        label_map[sel] = np.maximum(label_map[sel], remap[comp[sel]])
+        sub[sel] = np.maximum(sub[sel], remap[comp[sel]])
         n += len(keep)
     return _sort_components(label_map, n, classes, line)
 
@@ -395,6 +398,26 @@ def _number_discs(
     return discs, index, seq, agree, True
 
 
+def _spine_box(classes: np.ndarray, affine: np.ndarray | None, margin: int = 3):
+    """Crop to the segmented voxels: real fields of view are mostly background."""
+    box = bbox(classes != 0, margin)
+    if box is None:
+        return classes, affine, None
+    sub_affine = None
+    if affine is not None:
+        sub_affine = np.asarray(affine, dtype=float).copy()
+        sub_affine[:3, 3] += sub_affine[:3, :3] @ [sl.start for sl in box]
+    return classes[box], sub_affine, box
+
+
+def _paste(sub: np.ndarray, box, shape) -> np.ndarray:
+    if box is None:
+        return sub
+    out = np.zeros(shape, dtype=sub.dtype)
+    out[box] = sub
+    return out
+
+
 def _disc_values(index: np.ndarray, seq: tuple[int, ...], numbered: bool) -> np.ndarray:
     values = np.zeros(len(index) + 1, dtype=np.uint8)
     for i, k in enumerate(index):
@@ -414,7 +437,9 @@ def label_step1(
     """Step-1 class map (values 1-9) -> discs numbered, C1 = 11, other vertebrae = 50, cord 1, canal 2."""
     S = L.Step1
     warnings: list[str] = []
+    full_shape = np.shape(classes)
     classes = largest_component(np.asarray(classes), params.largest_component_dilation)
+    classes, affine, box = _spine_box(classes, affine)
     line = _canal_line(classes, (S.CANAL, S.CORD), warnings)
     discs, index, seq, anchors, numbered = _number_discs(
         classes, L.STEP1_DISC_CLASSES, line, affine, localizer, params, warnings
@@ -425,7 +450,7 @@ def label_step1(
     out[classes == S.C1] = L.C1
     out[classes == S.CANAL] = L.CANAL
     out[classes == S.CORD] = L.CORD
-    out = fill_canal(out)
+    out = _paste(fill_canal(out), box, full_shape)
     return LabelingResult(out, warnings, anchors, numbered, seq)
 
 
@@ -438,7 +463,9 @@ def label_step2(
     """Step-2 class map (values 1-11) -> every disc and vertebra numbered, sacrum 50, cord 1, canal 2."""
     S = L.Step2
     warnings: list[str] = []
+    full_shape = np.shape(classes)
     classes = largest_component(np.asarray(classes), params.largest_component_dilation)
+    classes, affine, box = _spine_box(classes, affine)
     line = _canal_line(classes, (S.CANAL, S.CORD), warnings)
     discs, index, seq, anchors, numbered = _number_discs(
         classes, L.STEP2_DISC_CLASSES, line, affine, localizer, params, warnings
@@ -463,5 +490,5 @@ def label_step2(
     out[bone & (out == 0)] = vert_out[bone & (out == 0)]
     out[classes == S.CANAL] = L.CANAL
     out[classes == S.CORD] = L.CORD
-    out = fill_canal(out)
+    out = _paste(fill_canal(out), box, full_shape)
     return LabelingResult(out, warnings, anchors, numbered, seq)
