@@ -80,7 +80,7 @@ def fill_canal(seg: np.ndarray, canal: int = L.CANAL, cord: int = L.CORD) -> np.
     canal. Unlike upstream, bone and disc voxels are never overwritten.
     """
     out = seg.copy()
-    box = bbox((out == canal) | (out == cord), margin=1)
+    box = bbox((out == canal) | (out == cord), margin=3)
     if box is None:
         return out
     sub = out[box]
@@ -89,7 +89,8 @@ def fill_canal(seg: np.ndarray, canal: int = L.CANAL, cord: int = L.CORD) -> np.
         main_cord = _keep_largest(cord_mask)
         sub[cord_mask & ~main_cord] = canal
     union = (sub == canal) | (sub == cord)
-    main = _keep_largest(union)
+    # A thin CSF gap can separate cord and canal wall; they are still one tube.
+    main = _keep_largest(dilate(union, 2)) & union
     sub[union & ~main] = 0
     inside = _span_inside(main, axis=0) & _span_inside(main, axis=1)
     sub[inside & (sub == 0)] = canal
