@@ -210,13 +210,14 @@ def disc_level_points(
         raise ValueError("no spinal canal in the segmentation: disc levels need the canal centreline")
     line = Centerline(canal_mask)
     tree = line.tree()
-    for disc in L.DISCS_DEFAULT:
-        level = L.level_of_disc(disc)
-        vox = np.argwhere(seg == disc)
-        if vox.size == 0:
-            continue
-        dist, _ = tree.query(vox)
-        p = tuple(int(c) for c in vox[int(np.argmin(dist))])
+    disc_mask = np.isin(seg, L.DISCS_DEFAULT)
+    vox = np.argwhere(disc_mask)
+    values = seg[disc_mask]  # same C order as argwhere
+    dist = tree.query(vox)[0] if len(vox) else np.zeros(0)
+    for disc in np.unique(values):
+        level = L.level_of_disc(int(disc))
+        idx = np.flatnonzero(values == disc)
+        p = tuple(int(c) for c in vox[idx[int(np.argmin(dist[idx]))]])
         levels[p] = level
         points[level] = p
 

@@ -541,6 +541,7 @@ def save_nifti(path, data, affine, dtype=None, header=None) -> Path:
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     img.header.set_slope_inter(None, None)
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     # A hidden name ('.' first) that other writers' globs skip; the suffix tells nibabel the format.
     tmp = path.with_name(f".{path.name[: -len(suffix)]}.{secrets.token_hex(6)}{suffix}")
     try:

@@ -1,0 +1,280 @@
+"""`totalspineseg INPUT OUTPUT`: the upstream-compatible command line, on one file or a folder."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, volume
+from ..errors import InputError, TotalSpineSegError
+from ..pipeline import Models, PipelineOptions, SegmentationResult, segment
+from ._common import run_main, setup_logging
+
+log = logging.getLogger("totalspineseg")
+
+DELIVERABLES = ("step1_output", "step1_cord", "step1_canal", "step1_levels", "step2_output")
+INTERMEDIATE = ("step1_raw", "step2_raw", "step2_input", "input")
+ALL_FOLDERS = DELIVERABLES + ("preview",) + INTERMEDIATE
+
+EPILOG = """\
+outputs (one file per image, named like the input, in these folders of OUTPUT):
+  step1_output/   discs numbered, C1 = 11, other vertebrae = 50, cord 1, canal 2
+  step1_cord/     soft spinal cord map (float32, 0..1)
+  step1_canal/    soft spinal canal map, cord included (float32, 0..1)
+  step1_levels/   one voxel per disc level: 3 = C2-C3 ... 25 = L5-S (1 = dens top, 2 = C1-C2)
+  step2_output/   the final labels: every vertebra, disc, sacrum, cord and canal
+  preview/        QC JPEGs
+  with --keep-intermediate also step1_raw/, step2_raw/, step2_input/ and input/ (network space)
+Outputs are on the input's grid (same shape and affine) unless --iso.
+
+examples:
+  totalspineseg sub-01_T2w.nii.gz out/ --weights demo
+  totalspineseg images/ out/ --step1
+  totalspineseg images/ out/ --loc localizers/step2_output/ --suffix _T2w --loc-suffix _acq-localizer_T2w
+  totalspineseg-weights install          # once, to install the official weights (r20260730)
+"""
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="totalspineseg",
+        description=(
+            "Segment and label the spine in MRI: every vertebra (C1-L5, sacrum), every intervertebral disc,"
+            " the spinal cord and the spinal canal, with disc-level points and soft cord/canal maps."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", type=Path, help="a .nii/.nii.gz image, or a folder of them (also sub-*/[ses-*/]anat/)")
+    p.add_argument("output", type=Path, help="output folder (created if missing)")
+    p.add_argument("--step1", action="store_true", help="run step 1 only (discs, cord, canal, levels)")
+    p.add_argument("--iso", action="store_true",
+                   help="keep outputs in the 1 mm canonical (RAS+) network space; the matching image goes to input/")
+    p.add_argument("--loc", "-l", type=Path, metavar="PATH",
+                   help="localizer segmentation(s) from an earlier run (a step2_output or step1_output file, or"
+                        " a folder of them matched by name); used to number discs when landmarks are not in view")
+    p.add_argument("--suffix", "-s", nargs="+", default=[""], metavar="SUFFIX",
+                   help="only take inputs whose names end with SUFFIX.nii[.gz] (several allowed)")
+    p.add_argument("--loc-suffix", "-ls", default="", metavar="SUFFIX",
+                   help="suffix of the localizer files, replacing the image suffix when matching names")
+    p.add_argument("--keep-only", "-k", nargs="+", default=[], metavar="FOLDER", choices=ALL_FOLDERS,
+                   help="write only these output folders; work for the others is skipped")
+    p.add_argument("--weights", default="official", metavar="{official,demo,PATH}",
+                   help="model weights: the installed official release (default), the bundled demo model"
+                        " (synthetic phantoms only, not for real scans), or a folder")
+    p.add_argument("--data-dir", "-d", type=Path,
+                   help="weights root (default: $TOTALSPINESEG_DATA, then the user cache)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
+    p.add_argument("--max-workers", "-w", type=int, default=None, metavar="N",
+                   help="CPU threads for the networks (default: SLURM/OMP settings, else all allowed CPUs)."
+                        " Images run one after the other in one process: no worker pools")
+    p.add_argument("--keep-intermediate", action="store_true",
+                   help="also write step1_raw/, step2_raw/, step2_input/ and input/")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    p.add_argument("--quiet", "-q", action="store_true", help="errors and warnings only, no progress bar")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def image_name(path: Path) -> str:
+    name = path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def find_inputs(input_path: Path, suffixes: list[str]) -> list[Path]:
+    """Images to process: the file itself, or the folder's top level plus BIDS sub-*/[ses-*/]anat/."""
+    if input_path.is_file():
+        return [input_path]
+    if not input_path.is_dir():
+        raise InputError(input_path, "no such file or folder")
+    found: dict[Path, None] = {}
+    for sub in ("", "sub-*/anat/", "sub-*/ses-*/anat/"):
+        for s in suffixes:
+            for ext in (".nii.gz", ".nii"):
+                for p in sorted(input_path.glob(f"{sub}*{s}{ext}")):
+                    if not p.name.startswith("."):
+                        found[p] = None
+    return list(found)
+
+
+def matching_suffix(name: str, suffixes: list[str]) -> str:
+    return next((s for s in suffixes if s and name.endswith(s)), "")
+
+
+def find_localizer(loc: Path | None, name: str, suffixes: list[str], loc_suffix: str) -> Path | None:
+    """The localizer segmentation of image `name`: the file itself, or a name match in the folder."""
+    if loc is None:
+        return None
+    if loc.is_file():
+        return loc
+    img_suffix = matching_suffix(name, suffixes)
+    stem = name[: len(name) - len(img_suffix)] if img_suffix else name
+    for candidate in find_inputs(loc, [loc_suffix]):
+        cname = image_name(candidate)
+        cstem = cname[: len(cname) - len(loc_suffix)] if loc_suffix and cname.endswith(loc_suffix) else cname
+        if fnmatch.fnmatchcase(stem, cstem):
+            return candidate
+    return None
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+@dataclass
+class Plan:
+    """Which folders to write, and so which work to do."""
+
+    folders: tuple[str, ...]
+
+    @classmethod
+    def from_args(cls, args) -> Plan:
+        folders = list(args.keep_only) if args.keep_only else list(DELIVERABLES) + ["preview"]
+        if args.keep_intermediate and not args.keep_only:
+            folders += ["step1_raw", "step2_raw", "step2_input"]
+        if args.iso or args.keep_intermediate:
+            folders.append("input")
+        if args.step1:
+            folders = [f for f in folders if f not in ("step2_output", "step2_raw", "step2_input")]
+        return cls(tuple(dict.fromkeys(folders)))
+
+    def wants(self, folder: str) -> bool:
+        return folder in self.folders
+
+    def options(self, args) -> PipelineOptions:
+        return PipelineOptions(
+            step1_only=args.step1 or not any(self.wants(f) for f in ("step2_output", "step2_raw", "step2_input")),
+            soft_maps=self.wants("step1_cord") or self.wants("step1_canal"),
+            levels=self.wants("step1_levels") or self.wants("preview"),
+            native=not args.iso,
+            progress=False,
+        )
+
+
+def expected_outputs(output: Path, name: str, plan: Plan) -> list[Path]:
+    return [output / f / f"{name}.nii.gz" for f in DELIVERABLES if plan.wants(f)]
+
+
+def write_outputs(result: SegmentationResult, output: Path, name: str, plan: Plan) -> list[Path]:
+    out = result.final
+    written = []
+
+    def put(folder, array, affine, dtype, suffix=""):
+        if array is None or not plan.wants(folder):
+            return
+        written.append(volume.save_nifti(output / folder / f"{name}{suffix}.nii.gz", array, affine, dtype=dtype))
+
+    iso_aff = result.iso.grid.affine
+    put("step1_raw", result.step1_raw, iso_aff, np.uint8)
+    if result.crop_grid is not None:
+        put("step2_raw", result.step2_raw, result.crop_grid.affine, np.uint8)
+        put("step2_input", result.step2_input, result.crop_grid.affine, np.uint8, "_0001")
+    put("input", result.iso_image, iso_aff, np.float32, "_0000")
+    if plan.wants("preview"):
+        written += _write_previews(result, output / "preview", name)
+    put("step1_cord", out.cord, out.grid.affine, np.float32)
+    put("step1_canal", out.canal, out.grid.affine, np.float32)
+    put("step1_levels", out.levels, out.grid.affine, np.uint8)
+    put("step1_output", out.step1, out.grid.affine, np.uint8)
+    put("step2_output", out.step2, out.grid.affine, np.uint8)  # the final labels, written last
+    return written
+
+
+def _write_previews(result: SegmentationResult, folder: Path, name: str) -> list[Path]:
+    try:
+        from ..preview import render_preview
+    except ImportError:  # pragma: no cover - preview module missing
+        return []
+    iso = result.iso
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [render_preview(result.iso_image, iso.step1, iso.grid.affine, folder / f"{name}_step1_output.jpg",
+                            title=f"{name}: step 1", levels=iso.levels)]
+    if iso.step2 is not None:
+        paths.append(render_preview(result.iso_image, iso.step2, iso.grid.affine,
+                                    folder / f"{name}_step2_output.jpg", title=f"{name}: step 2"))
+    return paths
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Main
+
+
+def load_models(args):
+    from .. import weights
+
+    paths = weights.resolve_model(args.weights, data_dir=args.data_dir)
+    if paths.release == "demo":
+        log.warning("using the DEMO model: trained on synthetic phantoms only, not for real scans")
+    return Models.load(paths, device=args.device, threads=args.max_workers, step1_only=args.step1)
+
+
+def process_all(args, models=None) -> int:
+    images = find_inputs(args.input, args.suffix)
+    if not images:
+        raise InputError(args.input, f"no .nii/.nii.gz image found (suffixes {args.suffix})")
+    plan = Plan.from_args(args)
+    if models is None:
+        models = load_models(args)
+    options = plan.options(args)
+    failures: list[tuple[Path, str]] = []
+    done = skipped = 0
+    bar = _progress(images, args.quiet)
+    for path in bar:
+        name = image_name(path)
+        if not args.overwrite and all(p.exists() for p in expected_outputs(args.output, name, plan)):
+            skipped += 1
+            continue
+        try:
+            loc = find_localizer(args.loc, name, args.suffix, args.loc_suffix)
+            if args.loc is not None and loc is None:
+                log.warning("%s: no localizer matches this image; numbering uses its own landmarks", path)
+            t0 = time.perf_counter()
+            result = segment(path, models, localizer=loc, options=options)
+            write_outputs(result, args.output, name, plan)
+            timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+            log.info("%s done in %.1f s (%s)", path.name, time.perf_counter() - t0, timings)
+            done += 1
+        except (TotalSpineSegError, ValueError, OSError) as exc:
+            reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            log.error("%s", reason)
+            failures.append((path, reason))
+    print(f"totalspineseg: {done} done, {skipped} already complete, {len(failures)} failed, in {args.output}",
+          file=sys.stderr)
+    for path, reason in failures:
+        print(f"  FAILED {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _progress(items, quiet):
+    if quiet or len(items) < 2:
+        return items
+    try:
+        from tqdm import tqdm
+
+        return tqdm(items, desc="images", unit="image")
+    except ImportError:  # pragma: no cover
+        return items
+
+
+def main(argv=None, models=None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    return run_main(lambda: process_all(args, models), "totalspineseg")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
