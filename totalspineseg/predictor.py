@@ -1,0 +1,461 @@
+"""Run a trained nnU-Net v2 model folder on an in-memory image.
+
+This is the only module of the package that touches torch and nnunetv2, and it imports them inside functions,
+so ``import totalspineseg.predictor`` stays cheap.
+
+The network is built from the plans' ``architecture`` entry. The trainer class named in the checkpoint is never
+looked up: official releases name ``nnUNetTrainerDAExtGPU``, which is not part of nnunetv2, and nnU-Net's lookup
+by name imports modules that need timm and torchvision.
+
+Everything between the network and the caller is nnU-Net's own code (cropping to the non-zero box, normalisation,
+resampling to the plans' spacing, sliding window, sigmoid/softmax, reverting all of it), so a model sees the arrays
+it was trained on.
+
+Axis convention. The pipeline holds images as ``(C, X, Y, Z)`` arrays in canonical RAS+ order, as nibabel gives
+them. nnU-Net's NIfTI readers (SimpleITKIO, NibabelIO and their *WithReorient variants) all give a RAS+ file as
+``(C, Z, Y, X)`` with the spacing reversed, so that is what the network gets here; the plans' ``transpose_forward``
+is applied on top by nnU-Net's preprocessor, exactly as in training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import pickle
+import pydoc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from totalspineseg.errors import TotalSpineSegError, WeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "CHECKPOINT_NAMES",
+    "LoadedModel",
+    "ModelFolder",
+    "Prediction",
+    "load_model",
+    "nnunet_to_ras_axes",
+    "ras_to_nnunet_axes",
+    "read_checkpoint",
+    "resolve_device",
+    "resolve_threads",
+]
+
+log = logging.getLogger(__name__)
+
+#: Checkpoint files looked for in ``fold_N/``, in order of preference (as upstream TotalSpineSeg does).
+CHECKPOINT_NAMES = ("checkpoint_best.pth", "checkpoint_final.pth")
+
+# Readers that give a RAS+ NIfTI as the nibabel array with its axes reversed (checked in tests/test_predictor.py).
+_AXIS_REVERSING_READERS = frozenset({"SimpleITKIO", "SimpleITKIOWithReorient", "NibabelIO", "NibabelIOWithReorient"})
+
+# Where dynamic_network_architectures keeps the U-Nets, for plans written when the classes lived elsewhere.
+_ARCHITECTURE_MODULES = (
+    "dynamic_network_architectures.architectures.unet",
+    "dynamic_network_architectures.architectures.residual_unet",
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What one forward pass gives, on the grid and in the axis order of the input.
+
+    ``labels``: uint8 ``(X, Y, Z)`` label map in the model's class values.
+    ``probabilities``: float32 ``(X, Y, Z)`` maps keyed by label value, for the labels asked for, else None.
+    For a region-based model, the map of label ``v`` is the sigmoid of the region written as ``v`` (for the
+    step-1 model: 9 = cord, 8 = canal including the cord).
+    """
+
+    labels: np.ndarray
+    probabilities: dict[int, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A trained-model folder as nnU-Net writes it: ``<trainer>__<plans>__<configuration>/``."""
+
+    path: Path
+    dataset_json: dict = field(repr=False)
+    plans: dict = field(repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> ModelFolder:
+        path = Path(path)
+        return cls(path, _read_json(path / "dataset.json"), _read_json(path / "plans.json"))
+
+    @property
+    def name_parts(self) -> tuple[str, str, str] | None:
+        """``(trainer, plans, configuration)`` from the folder name, or None if it is not in that form."""
+        parts = self.path.name.split("__")
+        return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+
+    def checkpoint_path(self, fold: int | str = 0, checkpoint: str | None = None) -> Path:
+        """The checkpoint file of ``fold``: ``checkpoint`` if given, else best, else final."""
+        fold_dir = self.path / f"fold_{fold}"
+        names = (checkpoint,) if checkpoint else CHECKPOINT_NAMES
+        for name in names:
+            if (fold_dir / name).is_file():
+                return fold_dir / name
+        raise WeightsError(f"{fold_dir}: no checkpoint found (looked for {', '.join(names)})")
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """CPU threads for torch: ``threads``, else SLURM_CPUS_PER_TASK, else OMP_NUM_THREADS, else the CPU affinity."""
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads}")
+        return int(threads)
+    for variable in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        value = os.environ.get(variable, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else the CPU. Asking for CUDA without it is an error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise TotalSpineSegError(f"device {device!r} requested, but CUDA is not available")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}: use auto, cpu or cuda")
+    return resolved
+
+
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """Load an nnU-Net checkpoint without executing arbitrary pickled code.
+
+    ``torch.load(weights_only=True)`` only accepts tensors and plain containers. nnU-Net checkpoints also hold
+    numpy scalars (the training log, the best EMA Dice), so those few numpy types are allowlisted, nothing else.
+    ``mmap``: leave the tensors in the file until they are used (the optimizer state then never enters RAM);
+    the file must not be rewritten while they are alive.
+    """
+    import torch
+
+    path = Path(path)
+    allowlist = getattr(torch.serialization, "safe_globals", None)
+    context = allowlist(_numpy_safe_globals()) if allowlist else contextlib.nullcontext()
+    try:
+        with context:
+            return _load_weights_only(path, mmap)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"{path}: refusing to unpickle {_unsafe_globals(path)}; only tensors, plain "
+                           f"containers and numpy scalars are allowed in a checkpoint") from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise WeightsError(f"{path}: unreadable checkpoint ({exc})") from exc
+
+
+def _load_weights_only(path: Path, mmap: bool) -> dict:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as exc:
+        if not mmap or "mmap" not in str(exc):
+            raise
+        # files in torch's legacy (pre-zip) format cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _numpy_safe_globals() -> list:
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+
+    entries: list = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
+    # checkpoints pickled under numpy 1.x name these by their old module path
+    entries += [(multiarray.scalar, "numpy.core.multiarray.scalar"),
+                (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    dtype_classes = getattr(np, "dtypes", None)
+    if dtype_classes is not None:
+        entries += [t for t in vars(dtype_classes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
+    return entries
+
+
+def _unsafe_globals(path: Path) -> str:
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return "non-allowlisted objects"
+    allowed = {_global_name(entry) for entry in _numpy_safe_globals()}
+    return ", ".join(name for name in names if name not in allowed) or "non-allowlisted objects"
+
+
+def _global_name(entry) -> str:
+    return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+
+
+class LoadedModel:
+    """A network with its nnU-Net plans, ready to predict. Create it with :func:`load_model`."""
+
+    def __init__(self, folder: ModelFolder, network, state_dict: dict, configuration: str, trainer_name: str,
+                 device: torch.device, threads: int):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        self.folder = folder
+        self.configuration = configuration
+        self.trainer_name = trainer_name
+        self.device = device
+        self.threads = threads
+        self.plans_manager = PlansManager(folder.plans)
+        self.configuration_manager = self.plans_manager.get_configuration(configuration)
+        with _quiet():
+            self.label_manager = self.plans_manager.get_label_manager(folder.dataset_json)
+            self._predictor = nnUNetPredictor(
+                tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                perform_everything_on_device=device.type == "cuda", device=device,
+                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+            self._predictor.manual_initialization(
+                network, self.plans_manager, self.configuration_manager, [state_dict], folder.dataset_json,
+                trainer_name, inference_allowed_mirroring_axes=None)
+
+    def __repr__(self) -> str:
+        return (f"LoadedModel({self.folder.path}, configuration={self.configuration!r}, "
+                f"device={self.device}, threads={self.threads})")
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.folder.dataset_json["channel_names"])
+
+    @property
+    def label_values(self) -> list[int]:
+        """Foreground label values the model writes, in the order of its output heads."""
+        if self.label_manager.has_regions:
+            return [int(v) for v in self.label_manager.regions_class_order]
+        return [int(v) for v in self.label_manager.foreground_labels]
+
+    def predict(self, image_channels: np.ndarray, spacing: Sequence[float] | None = None,
+                return_probabilities: bool | Sequence[int] = False, progress: bool = False,
+                affine: np.ndarray | None = None) -> Prediction:
+        """Segment one image.
+
+        ``image_channels``: ``(C, X, Y, Z)`` array in canonical RAS+ order, one channel per dataset.json channel.
+        ``spacing``: voxel size in mm along X, Y, Z; or give the image's ``affine`` (must be RAS+), else 1 mm.
+        nnU-Net resamples to the plans' spacing and back when they differ.
+        ``return_probabilities``: True for every label, or a list of label values, or False for none.
+        """
+        import torch
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        data, properties = self._to_nnunet(image_channels, spacing, affine)
+        wanted = self._wanted_labels(return_probabilities)
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
+        data, _, properties = preprocessor.run_case_npy(
+            data, None, properties, self.plans_manager, self.configuration_manager, self.folder.dataset_json)
+        self._predictor.allow_tqdm = progress
+        logits = self._predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+        del data
+        result = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.plans_manager, self.configuration_manager, self.label_manager, properties,
+            return_probabilities=bool(wanted), num_threads_torch=self.threads)
+        del logits
+        if not wanted:
+            return Prediction(labels=nnunet_to_ras_axes(result).astype(np.uint8, copy=False))
+        segmentation, probabilities = result
+        del result
+        return Prediction(labels=nnunet_to_ras_axes(segmentation).astype(np.uint8, copy=False),
+                          probabilities=self._probability_maps(probabilities, wanted))
+
+    def _to_nnunet(self, image_channels: np.ndarray, spacing: Sequence[float] | None,
+                   affine: np.ndarray | None) -> tuple[np.ndarray, dict]:
+        image_channels = np.asarray(image_channels)
+        if image_channels.ndim != 4 or image_channels.shape[0] != self.n_channels:
+            raise ValueError(f"expected a (C, X, Y, Z) array with C = {self.n_channels}, "
+                             f"got shape {image_channels.shape}")
+        spacing = _spacing(spacing, affine)
+        data, nnunet_spacing = ras_to_nnunet_axes(image_channels, spacing)
+        return data, {"spacing": nnunet_spacing}
+
+    def _wanted_labels(self, return_probabilities: bool | Sequence[int]) -> list[int]:
+        if return_probabilities is True:
+            return self.label_values
+        if return_probabilities is False or return_probabilities is None:
+            return []
+        wanted = [int(v) for v in return_probabilities]
+        unknown = sorted(set(wanted) - set(self._head_of_label()))
+        if unknown:
+            raise ValueError(f"no output for label(s) {unknown}; the model has {sorted(self._head_of_label())}")
+        return wanted
+
+    def _head_of_label(self) -> dict[int, int]:
+        if self.label_manager.has_regions:
+            return {label: head for head, label in enumerate(self.label_values)}
+        # softmax models have a head for every label, background included
+        return {int(label): head for head, label in enumerate(self.label_manager.all_labels)}
+
+    def _probability_maps(self, probabilities: np.ndarray, wanted: list[int]) -> dict[int, np.ndarray]:
+        heads = self._head_of_label()
+        return {label: nnunet_to_ras_axes(probabilities[heads[label]]).astype(np.float32, copy=False)
+                for label in wanted}
+
+
+def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, checkpoint: str | None = None,
+               device: str = "auto", threads: int | None = None) -> LoadedModel:
+    """Load ``fold`` of a trained-model folder; ``checkpoint`` defaults to best, then final."""
+    import torch
+
+    folder = folder if isinstance(folder, ModelFolder) else ModelFolder.open(folder)
+    _check_supported(folder)
+    torch_device = resolve_device(device)
+    n_threads = resolve_threads(threads)
+    if torch_device.type == "cpu":
+        torch.set_num_threads(n_threads)
+
+    checkpoint_path = folder.checkpoint_path(fold, checkpoint)
+    content = read_checkpoint(checkpoint_path, mmap=True)
+    configuration = _configuration_name(folder, content)
+    trainer_name = str(content.get("trainer_name") or (folder.name_parts or ("unknown",))[0])
+    weights = _strip_wrapper_prefixes(content["network_weights"])
+    del content
+
+    network = _build_network(folder, configuration)
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise WeightsError(f"{checkpoint_path}: weights do not fit the network of plans.json ({exc})") from exc
+    del weights
+    network.to(torch_device).eval()
+    # the predictor reloads these before each prediction: hand it the network's own tensors, not a second copy
+    return LoadedModel(folder, network, network.state_dict(), configuration, trainer_name, torch_device, n_threads)
+
+
+def _check_supported(folder: ModelFolder) -> None:
+    reader = folder.plans.get("image_reader_writer")
+    if reader not in _AXIS_REVERSING_READERS:
+        raise WeightsError(f"{folder.path / 'plans.json'}: image_reader_writer {reader!r} is not supported "
+                           f"(supported: {', '.join(sorted(_AXIS_REVERSING_READERS))})")
+    if not folder.dataset_json.get("channel_names"):
+        raise WeightsError(f"{folder.path / 'dataset.json'}: no channel_names")
+    if max(_label_values(folder.dataset_json)) > 255:
+        raise WeightsError(f"{folder.path / 'dataset.json'}: label values above 255 do not fit a uint8 label map")
+
+
+def _label_values(dataset_json: dict) -> list[int]:
+    values = []
+    for value in dataset_json.get("labels", {}).values():
+        values.extend(value if isinstance(value, (list, tuple)) else [value])
+    return [int(v) for v in values] or [0]
+
+
+def _configuration_name(folder: ModelFolder, content: dict) -> str:
+    init_args = content.get("init_args") or {}
+    name = init_args.get("configuration") or (folder.name_parts or (None, None, None))[2]
+    if name not in folder.plans.get("configurations", {}):
+        raise WeightsError(f"{folder.path / 'plans.json'}: configuration {name!r} not in the plans")
+    if folder.plans["configurations"][name].get("previous_stage"):
+        raise WeightsError(f"{folder.path}: cascade configurations ({name}) are not supported")
+    return name
+
+
+def _strip_wrapper_prefixes(weights: dict[str, Any]) -> dict[str, Any]:
+    """Remove the key prefixes that torch.compile (``_orig_mod.``) and DDP (``module.``) add, in any nesting."""
+    prefixes = ("_orig_mod.", "module.")
+    while weights:
+        prefix = next((p for p in prefixes if all(key.startswith(p) for key in weights)), None)
+        if prefix is None:
+            return weights
+        weights = {key[len(prefix):]: value for key, value in weights.items()}
+    return weights
+
+
+def _build_network(folder: ModelFolder, configuration: str):
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(folder.plans)
+    manager = plans_manager.get_configuration(configuration)
+    with _quiet():
+        n_inputs = determine_num_input_channels(plans_manager, manager, folder.dataset_json)
+        n_outputs = plans_manager.get_label_manager(folder.dataset_json).num_segmentation_heads
+    class_name = _locate_architecture(manager.network_arch_class_name, folder)
+    return get_network_from_plans(class_name, manager.network_arch_init_kwargs,
+                                  manager.network_arch_init_kwargs_req_import, n_inputs, n_outputs,
+                                  allow_init=False, deep_supervision=False)
+
+
+def _locate_architecture(class_name: str, folder: ModelFolder) -> str:
+    """The importable dotted name of the network class.
+
+    nnU-Net's own fallback for a class that moved walks every architecture module, and one of them imports
+    timm, so look only where the U-Nets live.
+    """
+    if pydoc.locate(class_name) is not None:
+        return class_name
+    short_name = class_name.rsplit(".", 1)[-1]
+    for module in _ARCHITECTURE_MODULES:
+        if pydoc.locate(f"{module}.{short_name}") is not None:
+            return f"{module}.{short_name}"
+    raise WeightsError(f"{folder.path / 'plans.json'}: network class {class_name!r} not found")
+
+
+def _spacing(spacing: Sequence[float] | None, affine: np.ndarray | None) -> tuple[float, ...]:
+    if affine is not None:
+        import nibabel as nib
+
+        if nib.aff2axcodes(affine) != ("R", "A", "S"):
+            raise ValueError(f"the image must be in RAS+ orientation, its affine is {''.join(nib.aff2axcodes(affine))}")
+        affine_spacing = tuple(float(v) for v in nib.affines.voxel_sizes(affine))
+        if spacing is not None and not np.allclose(spacing, affine_spacing, rtol=1e-4):
+            raise ValueError(f"spacing {tuple(spacing)} disagrees with the affine's {affine_spacing}")
+        spacing = affine_spacing
+    spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(v) for v in spacing)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be three positive numbers, got {spacing}")
+    return spacing
+
+
+def ras_to_nnunet_axes(image_channels: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, list[float]]:
+    """``(C, X, Y, Z)`` RAS+ array and spacing -> what nnU-Net's NIfTI readers give for that image saved as NIfTI.
+
+    A view: nnU-Net's preprocessor makes its own float32 copy.
+    """
+    return image_channels.transpose(0, 3, 2, 1), [float(s) for s in reversed(spacing)]
+
+
+def nnunet_to_ras_axes(array: np.ndarray) -> np.ndarray:
+    """One ``(Z, Y, X)`` map in nnU-Net's reader order back to a contiguous RAS+ ``(X, Y, Z)`` array."""
+    return np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0))
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise WeightsError(f"{path}: missing from the model folder") from exc
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: unreadable ({exc})") from exc
+
+
+@contextlib.contextmanager
+def _quiet():
+    """nnU-Net prints notices on stdout (device fallbacks, default label manager); log them instead."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield
+    for line in buffer.getvalue().splitlines():
+        if line.strip():
+            log.debug("nnU-Net: %s", line.strip())
