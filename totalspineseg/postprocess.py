@@ -115,17 +115,15 @@ def odd_disc_mask(seg: np.ndarray) -> np.ndarray:
     if L.DISC_UNNUMBERED not in present:
         chosen = present[0::2]
         return np.isin(seg, chosen).astype(np.uint8)
-    parts: list[tuple[float, np.ndarray]] = []
-    for v in present:
-        comp, n = ndimage.label(seg == v, FULL)
-        for i, sl in enumerate(ndimage.find_objects(comp), start=1):
-            z = np.nonzero(comp[sl] == i)[2].mean() + sl[2].start
-            parts.append((z, (comp == i)))
-    parts.sort(key=lambda t: -t[0])
-    out = np.zeros(seg.shape, dtype=np.uint8)
-    for _, m in parts[0::2]:
-        out[m] = 1
-    return out
+    # Unnumbered discs: order every disc piece by height (one labeling pass, no per-piece masks).
+    comp, n = ndimage.label(np.isin(seg, present), FULL)
+    ids = comp[comp > 0]
+    z = np.nonzero(comp)[2]
+    heights = np.bincount(ids, weights=z, minlength=n + 1)[1:] / np.maximum(np.bincount(ids, minlength=n + 1)[1:], 1)
+    order = np.argsort(-heights, kind="stable")
+    chosen = np.zeros(n + 1, dtype=np.uint8)
+    chosen[order[0::2] + 1] = 1
+    return chosen[comp]
 
 
 # -----------------------------------------------------------------------------------------------------------
