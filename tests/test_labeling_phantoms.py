@@ -96,15 +96,13 @@ def _add_blob(classes, value, centre, n=30):
 
 
 def _split_vertebra(truth, classes, vertebra):
-    """Cut a vertebra's arch off its body: remove the pedicles' layer where body meets arch."""
+    """Cut a vertebra's arch off its body: clear a 3-voxel slab across the pedicles, just behind the body."""
     out = classes.copy()
     m = truth == vertebra
-    ys = np.nonzero(m)[1]
-    # The canal lies behind the body: clear a 3-voxel slab just posterior to the body's back wall.
     canal_y = np.nonzero(truth == L.CANAL)[1].mean()
-    cut = (np.arange(truth.shape[1]) > canal_y - 2) & (np.arange(truth.shape[1]) < canal_y + 2)
+    y = np.arange(truth.shape[1])
+    cut = (y > canal_y - 2) & (y < canal_y + 2)
     out[m & cut[None, :, None]] = 0
-    del ys
     return out
 
 
@@ -126,3 +124,15 @@ def test_robust_to_missing_disc_noise_and_split(tmp_path, step):
     below = [d for d in L.DISCS_DEFAULT if d > missing]
     ok = metrics.identified(pred, truth, [d for d in below if d in truth])
     assert all(ok.values()), ok
+
+
+def test_localizer_outside_the_image_is_reported(tmp_path):
+    ph = _phantom(3, "thoracic", "RAS", (1.0, 1.0, 1.0))
+    loc = _localizer(3)
+    shifted = loc.affine.copy()
+    shifted[2, 3] += 2000.0  # two metres away: no overlap at all
+    from totalspineseg.labeling import Localizer, label_step2
+
+    result = label_step2(L.final_to_step2(ph.labels), ph.affine, Localizer(loc.labels, shifted))
+    assert not result.numbered
+    assert any("localizer overlaps no disc" in w for w in result.warnings)
