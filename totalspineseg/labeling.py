@@ -428,6 +428,43 @@ def _disc_values(index: np.ndarray, seq: tuple[int, ...], numbered: bool) -> np.
     return values
 
 
+@dataclass
+class _Work:
+    """State shared by both steps once the discs are numbered, on the cropped spine box."""
+
+    classes: np.ndarray
+    box: tuple | None
+    full_shape: tuple
+    line: Centerline | None
+    discs: _Components
+    index: np.ndarray
+    seq: tuple[int, ...]
+    anchors: list[Anchor]
+    numbered: bool
+    warnings: list[str]
+    out: np.ndarray
+
+
+def _start(classes, affine, localizer, params, canal_classes, disc_classes) -> _Work:
+    warnings: list[str] = []
+    full_shape = np.shape(classes)
+    classes = largest_component(np.asarray(classes), params.largest_component_dilation)
+    classes, affine, box = _spine_box(classes, affine)
+    line = _canal_line(classes, canal_classes, warnings)
+    discs, index, seq, anchors, numbered = _number_discs(
+        classes, disc_classes, line, affine, localizer, params, warnings
+    )
+    out = _disc_values(index, seq, numbered)[discs.label_map]
+    return _Work(classes, box, full_shape, line, discs, index, seq, anchors, numbered, warnings, out)
+
+
+def _finish(work: _Work, canal_class: int, cord_class: int) -> LabelingResult:
+    work.out[work.classes == canal_class] = L.CANAL
+    work.out[work.classes == cord_class] = L.CORD
+    seg = _paste(fill_canal(work.out), work.box, work.full_shape)
+    return LabelingResult(seg, work.warnings, work.anchors, work.numbered, work.seq)
+
+
 def label_step1(
     classes: np.ndarray,
     affine: np.ndarray | None = None,
@@ -436,22 +473,10 @@ def label_step1(
 ) -> LabelingResult:
     """Step-1 class map (values 1-9) -> discs numbered, C1 = 11, other vertebrae = 50, cord 1, canal 2."""
     S = L.Step1
-    warnings: list[str] = []
-    full_shape = np.shape(classes)
-    classes = largest_component(np.asarray(classes), params.largest_component_dilation)
-    classes, affine, box = _spine_box(classes, affine)
-    line = _canal_line(classes, (S.CANAL, S.CORD), warnings)
-    discs, index, seq, anchors, numbered = _number_discs(
-        classes, L.STEP1_DISC_CLASSES, line, affine, localizer, params, warnings
-    )
-    out = np.zeros(classes.shape, dtype=np.uint8)
-    out[:] = _disc_values(index, seq, numbered)[discs.label_map]
-    out[classes == S.VERTEBRA] = L.SACRUM
-    out[classes == S.C1] = L.C1
-    out[classes == S.CANAL] = L.CANAL
-    out[classes == S.CORD] = L.CORD
-    out = _paste(fill_canal(out), box, full_shape)
-    return LabelingResult(out, warnings, anchors, numbered, seq)
+    work = _start(classes, affine, localizer, params, (S.CANAL, S.CORD), L.STEP1_DISC_CLASSES)
+    work.out[work.classes == S.VERTEBRA] = L.SACRUM
+    work.out[work.classes == S.C1] = L.C1
+    return _finish(work, S.CANAL, S.CORD)
 
 
 def label_step2(
@@ -462,17 +487,10 @@ def label_step2(
 ) -> LabelingResult:
     """Step-2 class map (values 1-11) -> every disc and vertebra numbered, sacrum 50, cord 1, canal 2."""
     S = L.Step2
-    warnings: list[str] = []
-    full_shape = np.shape(classes)
-    classes = largest_component(np.asarray(classes), params.largest_component_dilation)
-    classes, affine, box = _spine_box(classes, affine)
-    line = _canal_line(classes, (S.CANAL, S.CORD), warnings)
-    discs, index, seq, anchors, numbered = _number_discs(
-        classes, L.STEP2_DISC_CLASSES, line, affine, localizer, params, warnings
+    work = _start(classes, affine, localizer, params, (S.CANAL, S.CORD), L.STEP2_DISC_CLASSES)
+    classes, line, discs, index, seq, numbered, out = (
+        work.classes, work.line, work.discs, work.index, work.seq, work.numbered, work.out
     )
-    out = np.zeros(classes.shape, dtype=np.uint8)
-    out[:] = _disc_values(index, seq, numbered)[discs.label_map]
-
     verts = _components(classes, L.STEP2_VERTEBRA_CLASSES, line, params, combine=False)
     verts = _merge_same_class_neighbours(verts, discs.positions, line, classes)
     vert_seq = (L.C1, L.C2) + tuple(L.vertebra_below_disc(d) for d in seq)
@@ -488,7 +506,4 @@ def label_step2(
     vert_out = _absorb_generic(vert_out, classes == S.VERTEBRA, list(dict.fromkeys(bottom_up)))
     bone = vert_out > 0
     out[bone & (out == 0)] = vert_out[bone & (out == 0)]
-    out[classes == S.CANAL] = L.CANAL
-    out[classes == S.CORD] = L.CORD
-    out = _paste(fill_canal(out), box, full_shape)
-    return LabelingResult(out, warnings, anchors, numbered, seq)
+    return _finish(work, S.CANAL, S.CORD)
