@@ -136,3 +136,16 @@ def test_localizer_outside_the_image_is_reported(tmp_path):
     result = label_step2(L.final_to_step2(ph.labels), ph.affine, Localizer(loc.labels, shifted))
     assert not result.numbered
     assert any("localizer overlaps no disc" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("step,fov", [("step1", "whole"), ("step1", "cervical"), ("step2", "whole"),
+                                      ("step2", "lumbar")])
+def test_c1_and_sacrum_anchor_when_no_landmark_class_is_predicted(tmp_path, step, fov):
+    """A network that never predicts the landmark disc classes: C1 (step 1) or the sacrum (step 2) anchors."""
+    ph = _phantom(3, fov, "RAS", (1.0, 1.0, 1.0))
+    classes = L.final_to_step1(ph.labels) if step == "step1" else L.final_to_step2(ph.labels)
+    classes[np.isin(classes, list(L.LANDMARK_CLASS_TO_DISC))] = int(L.Step1.DISC)
+    pred = _run(tmp_path, step, classes, ph.affine)
+    truth, kinds = _truth_for(step, ph.labels)
+    rate, failures = metrics.identification_rate(pred, truth, kinds=kinds, min_voxels=20)
+    assert failures == []

@@ -12,7 +12,8 @@ The steps, for one class map:
 3. **Gaps.** Spacing between consecutive discs is compared with the local spacing; a gap about twice as wide
    means a disc is missing there, and the count skips a slot instead of shifting every level below.
 4. **Anchors.** Landmark discs (C2-C3 at the top, L5-S at the bottom, C7-T1, T12-L1) that pass size and
-   majority checks, and every disc covered by a localizer segmentation, propose a numbering. The numbering
+   majority checks, the disc right below C1 (C2-C3) and right above the sacrum (L5-S), and every disc
+   covered by a localizer segmentation, propose a numbering. The numbering
    (the usual disc sequence, or the one with an L5-L6 disc) that agrees with the most anchor weight wins;
    disagreeing anchors are reported and ignored.
 5. **Numbers.** Discs take their slot's label. Vertebrae take the label of the vertebra below the disc above
@@ -44,6 +45,7 @@ class LabelingParams:
     landmark_weight_terminal: float = 2.0  # C2-C3 and L5-S
     landmark_weight_inner: float = 1.0  # C7-T1 and T12-L1
     localizer_min_fraction: float = 0.2  # share of a disc that a localizer label must cover
+    bone_anchor_max_gap: float = 30.0  # mm between C1's bottom / the sacrum's top and the disc they anchor
     largest_component_dilation: int = 5
 
 
@@ -60,7 +62,7 @@ class Anchor:
     component: int  # index into the superior->inferior disc list
     label: int
     weight: float
-    source: str  # "landmark" or "localizer"
+    source: str  # "landmark", "localizer", "C1" or "sacrum"
 
 
 @dataclass
@@ -219,6 +221,36 @@ def _landmark_anchors(
     return anchors
 
 
+def _bone_anchors(
+    classes: np.ndarray, discs: _Components, line: Centerline | None, params: LabelingParams, c1_class, sacrum_class
+) -> list[Anchor]:
+    """Anchors from bone the networks find more easily than landmark discs: the top disc just below C1 is
+    C2-C3, and the disc just above the sacrum is L5-S."""
+    anchors: list[Anchor] = []
+    if discs.n == 0 or line is None:
+        return anchors
+    for cls, disc in ((c1_class, L.DISC_C2_C3), (sacrum_class, L.DISC_L5_S)):
+        if cls is None:
+            continue
+        vox = np.argwhere(classes == cls)
+        if len(vox) <= params.min_landmark_voxels:
+            continue
+        pos = line.position(vox[:: max(1, len(vox) // 4000)].astype(float))
+        if disc == L.DISC_C2_C3:
+            edge = float(np.percentile(pos, 2))
+            below = np.flatnonzero(discs.positions < edge)
+            if below.size == 0 or below[0] != 0 or edge - discs.positions[0] > params.bone_anchor_max_gap:
+                continue
+            anchors.append(Anchor(0, disc, params.landmark_weight_inner, "C1"))
+        else:
+            edge = float(np.percentile(pos, 98))
+            above = np.flatnonzero(discs.positions > edge)
+            if above.size == 0 or discs.positions[above[-1]] - edge > params.bone_anchor_max_gap:
+                continue
+            anchors.append(Anchor(int(above[-1]), disc, params.landmark_weight_inner, "sacrum"))
+    return anchors
+
+
 def _world_to_voxel(affine_from: np.ndarray, affine_to: np.ndarray) -> np.ndarray:
     return np.linalg.inv(affine_to) @ affine_from
 
@@ -365,7 +397,7 @@ def _vertebra_labels(
 
 
 def _number_discs(
-    classes, disc_classes, line, affine, localizer, params, warnings
+    classes, disc_classes, line, affine, localizer, params, warnings, c1_class=None, sacrum_class=None
 ) -> tuple[_Components, np.ndarray, tuple[int, ...], list[Anchor], bool]:
     discs = _components(classes, disc_classes, line, params, combine=True)
     if discs.n == 0:
@@ -375,6 +407,7 @@ def _number_discs(
     for i in np.flatnonzero(np.diff(slots) > 1):
         warnings.append(f"{int(slots[i + 1] - slots[i] - 1)} disc(s) missing below disc #{i + 1} (wide spacing)")
     anchors = _landmark_anchors(classes, discs, params, warnings)
+    anchors += _bone_anchors(classes, discs, line, params, c1_class, sacrum_class)
     if localizer is not None:
         if affine is None:
             raise ValueError("a localizer needs the affine of the class map")
@@ -445,14 +478,14 @@ class _Work:
     out: np.ndarray
 
 
-def _start(classes, affine, localizer, params, canal_classes, disc_classes) -> _Work:
+def _start(classes, affine, localizer, params, canal_classes, disc_classes, c1_class=None, sacrum_class=None) -> _Work:
     warnings: list[str] = []
     full_shape = np.shape(classes)
     classes = largest_component(np.asarray(classes), params.largest_component_dilation)
     classes, affine, box = _spine_box(classes, affine)
     line = _canal_line(classes, canal_classes, warnings)
     discs, index, seq, anchors, numbered = _number_discs(
-        classes, disc_classes, line, affine, localizer, params, warnings
+        classes, disc_classes, line, affine, localizer, params, warnings, c1_class, sacrum_class
     )
     out = _disc_values(index, seq, numbered)[discs.label_map]
     return _Work(classes, box, full_shape, line, discs, index, seq, anchors, numbered, warnings, out)
@@ -473,7 +506,7 @@ def label_step1(
 ) -> LabelingResult:
     """Step-1 class map (values 1-9) -> discs numbered, C1 = 11, other vertebrae = 50, cord 1, canal 2."""
     S = L.Step1
-    work = _start(classes, affine, localizer, params, (S.CANAL, S.CORD), L.STEP1_DISC_CLASSES)
+    work = _start(classes, affine, localizer, params, (S.CANAL, S.CORD), L.STEP1_DISC_CLASSES, c1_class=S.C1)
     work.out[work.classes == S.VERTEBRA] = L.SACRUM
     work.out[work.classes == S.C1] = L.C1
     return _finish(work, S.CANAL, S.CORD)
@@ -487,7 +520,9 @@ def label_step2(
 ) -> LabelingResult:
     """Step-2 class map (values 1-11) -> every disc and vertebra numbered, sacrum 50, cord 1, canal 2."""
     S = L.Step2
-    work = _start(classes, affine, localizer, params, (S.CANAL, S.CORD), L.STEP2_DISC_CLASSES)
+    work = _start(
+        classes, affine, localizer, params, (S.CANAL, S.CORD), L.STEP2_DISC_CLASSES, sacrum_class=S.SACRUM
+    )
     classes, line, discs, index, seq, numbered, out = (
         work.classes, work.line, work.discs, work.index, work.seq, work.numbered, work.out
     )
