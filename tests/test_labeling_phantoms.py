@@ -149,3 +149,17 @@ def test_c1_and_sacrum_anchor_when_no_landmark_class_is_predicted(tmp_path, step
     truth, kinds = _truth_for(step, ph.labels)
     rate, failures = metrics.identification_rate(pred, truth, kinds=kinds, min_voxels=20)
     assert failures == []
+
+
+def test_false_l5s_landmark_in_a_cervical_scan_is_ignored(tmp_path):
+    """A network that marks the lowest disc of a cervical scan as L5-S must not renumber the neck."""
+    ph = _phantom(3, "cervical", "RAS", (1.0, 1.0, 1.0))
+    classes = L.final_to_step1(ph.labels)
+    lowest = max(d for d in L.DISCS_POSSIBLE if d in ph.labels)
+    classes[ph.labels == lowest] = int(L.Step1.DISC_L5_S)
+    from totalspineseg.labeling import label_step1
+
+    result = label_step1(classes, ph.affine)
+    assert any("implausible" in w for w in result.warnings)
+    truth, kinds = _truth_for("step1", ph.labels)
+    assert metrics.identification_rate(result.seg, truth, kinds=kinds, min_voxels=20)[1] == []

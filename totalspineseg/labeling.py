@@ -46,6 +46,10 @@ class LabelingParams:
     landmark_weight_inner: float = 1.0  # C7-T1 and T12-L1
     localizer_min_fraction: float = 0.2  # share of a disc that a localizer label must cover
     bone_anchor_max_gap: float = 30.0  # mm between C1's bottom / the sacrum's top and the disc they anchor
+    # An adult L5-S disc holds 10-20 cm3 and a C2-C3 disc about 1 cm3: an anchor on a disc of the wrong
+    # size is a network error (for example "L5-S" on the lowest disc of a cervical scan).
+    l5s_min_disc_mm3: float = 5000.0
+    c2c3_max_disc_mm3: float = 5000.0
     largest_component_dilation: int = 5
 
 
@@ -251,6 +255,21 @@ def _bone_anchors(
     return anchors
 
 
+def _plausible_sizes(anchors: list[Anchor], discs: _Components, params: LabelingParams, warnings) -> list[Anchor]:
+    """Drop terminal anchors whose disc is far too small (L5-S) or too large (C2-C3) for that level."""
+    kept = []
+    for a in anchors:
+        size = float(discs.sizes[a.component])  # voxels = mm3 on the 1 mm grid
+        too_small = a.label == L.DISC_L5_S and size < params.l5s_min_disc_mm3
+        too_large = a.label == L.DISC_C2_C3 and size > params.c2c3_max_disc_mm3
+        if too_small or too_large:
+            warnings.append(f"{a.source} anchor {L.FINAL[a.label].short} on a disc of {size / 1000:.1f} cm3"
+                            " is implausible for that level: ignored")
+            continue
+        kept.append(a)
+    return kept
+
+
 def _world_to_voxel(affine_from: np.ndarray, affine_to: np.ndarray) -> np.ndarray:
     return np.linalg.inv(affine_to) @ affine_from
 
@@ -408,6 +427,7 @@ def _number_discs(
         warnings.append(f"{int(slots[i + 1] - slots[i] - 1)} disc(s) missing below disc #{i + 1} (wide spacing)")
     anchors = _landmark_anchors(classes, discs, params, warnings)
     anchors += _bone_anchors(classes, discs, line, params, c1_class, sacrum_class)
+    anchors = _plausible_sizes(anchors, discs, params, warnings)
     if localizer is not None:
         if affine is None:
             raise ValueError("a localizer needs the affine of the class map")
