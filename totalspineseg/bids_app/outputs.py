@@ -1,0 +1,122 @@
+"""Write one segmented image's derivatives: NIfTI files and sidecars, statistics, QC figure.
+
+Every file is written atomically; the caller gets the list of what was written, so that a failure halfway
+can remove exactly those files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, qc, volume
+from .. import derivatives as D
+from ..pipeline import Outputs, SegmentationResult
+from .plan import Job
+
+log = logging.getLogger(__name__)
+
+_ARRAYS = {"spine": "step2", "step1": "step1", "levels": "levels", "cord": "cord", "canal": "canal"}
+_LABEL_KINDS = ("spine", "step1", "levels")
+
+STATS_COLUMNS = {
+    "index": "Label value (see desc-spine_dseg.tsv at the dataset root)",
+    "name": "Structure name",
+    "abbreviation": "Structure abbreviation",
+    "voxels": "Number of voxels with this label",
+    "volume_mm3": {"Description": "Volume of the structure", "Units": "mm^3"},
+}
+
+
+def provenance(release: str, sha256: dict, device: str) -> dict:
+    return {"SoftwareName": D.APP_NAME, "SoftwareVersion": __version__, "ModelRelease": release,
+            "ModelChecksums": {k: v for k, v in sha256.items() if v}, "Device": device}
+
+
+def _localizer_meta(job: Job) -> dict:
+    if job.localizer is None:
+        return {}
+    seg = D.output_path(job.localizer.entities, "spine")
+    return {"Localizer": {"Source": D.bids_uri(job.localizer.source), "Segmentation": D.bids_uri(seg, "")}}
+
+
+def _sources(job: Job, kind: str, step1_only: bool) -> list[str]:
+    sources = [D.bids_uri(job.source)]
+    if job.localizer is not None and kind in _LABEL_KINDS:
+        loc_kind = "step1" if step1_only else "spine"
+        sources.append(D.bids_uri(D.output_path(job.localizer.entities, loc_kind), ""))
+    return sources
+
+
+def _level_rows(result: SegmentationResult, grid: str) -> list[dict]:
+    if grid == "iso":
+        result = dataclasses.replace(result, native=None)  # level_table() reads the final grid
+    return result.level_table()
+
+
+def localizer_output_kind(step1_only: bool) -> str:
+    return "step1" if step1_only else "spine"
+
+
+def write_images(out_dir: Path, job: Job, result: SegmentationResult, source: volume.Volume, step1_only: bool,
+                 iso: bool, prov: dict, written: list[Path]) -> None:
+    """The NIfTI derivatives and their sidecars; appends every written path to `written`."""
+    extra_all = _localizer_meta(job)
+    for out in D.planned_outputs(job.entities, step1_only, iso):
+        grid: Outputs = result.native if out.grid == "native" else result.iso
+        array = getattr(grid, _ARRAYS[out.kind])
+        if array is None:
+            continue
+        is_labels = out.kind in _LABEL_KINDS
+        header = source.header if out.grid == "native" else None
+        path = out_dir / out.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written.append(volume.save_nifti(path, array, grid.grid.affine,
+                                         dtype=np.uint8 if is_labels else np.float32, header=header))
+        extra = dict(extra_all)
+        if out.kind == "levels":
+            extra["LevelCoordinates"] = D.level_coordinates(_level_rows(result, out.grid))
+        meta = D.sidecar(out, _sources(job, out.kind, step1_only), prov, extra)
+        written.append(D.write_json(out_dir / out.sidecar, meta))
+
+
+def final_labels(grid: Outputs, step1_only: bool) -> np.ndarray:
+    return grid.step1 if step1_only or grid.step2 is None else grid.step2
+
+
+def write_stats(out_dir: Path, job: Job, result: SegmentationResult, step1_only: bool,
+                written: list[Path]) -> qc.ImageQC:
+    """The per-structure statistics TSV and its sidecar (QC flags included)."""
+    native = result.final
+    assessed = qc.assess(final_labels(native, step1_only), native.grid.affine, result.warnings, step1_only,
+                         flags_on=(final_labels(result.iso, step1_only), result.iso.grid.affine))
+    path = out_dir / D.stats_path(job.entities)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written.append(D.write_atomic(path, qc.stats_table(assessed)))
+    meta = {**STATS_COLUMNS, "Sources": [D.bids_uri(job.source)], "QC": assessed.summary()}
+    written.append(D.write_json(path.with_suffix(".json"), meta))
+    return assessed
+
+
+def write_figure(out_dir: Path, job: Job, result: SegmentationResult, step1_only: bool,
+                 written: list[Path]) -> str | None:
+    """The QC JPEG (drawn on the 1 mm grid); a drawing problem is logged, never fatal."""
+    try:
+        from ..preview import render_preview
+    except ImportError:  # pragma: no cover - preview is part of the package
+        log.info("no preview module; QC figure skipped")
+        return None
+    rel = D.figure_path(job.entities)
+    iso = result.iso
+    (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        render_preview(result.iso_image, final_labels(iso, step1_only), iso.grid.affine, out_dir / rel,
+                       title=f"{job.image_id} ({Path(job.source).name})", levels=iso.levels, width_px=1200)
+    except Exception as exc:  # noqa: BLE001 - a figure must not cost the segmentation
+        log.warning("%s: QC figure failed: %s", job.source, exc)
+        return None
+    written.append(out_dir / rel)
+    return rel.as_posix()

@@ -1,0 +1,204 @@
+"""The participant level: run the planned jobs, resumably, and record each one's outcome.
+
+Per image: skip it when its completion marker says it is done (same options, every output present); else
+remove the old marker, segment (localizer first), write the derivatives, and write the marker last. A
+killed run therefore leaves no marker and the image is redone. A failure removes what that image wrote and
+leaves a crash file under ``sub-<label>/log/``; the other images go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+
+from .. import __version__, volume
+from .. import derivatives as D
+from ..pipeline import PipelineOptions, segment
+from . import outputs
+from .plan import Job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a worker process needs to run jobs (picklable)."""
+
+    bids_dir: Path
+    output_dir: Path
+    provider: object
+    step1_only: bool = False
+    iso: bool = False
+    overwrite: bool = False
+    log_level: int = logging.INFO
+
+    @property
+    def fingerprint(self) -> dict:
+        """What must match for an earlier output to count as done."""
+        return {"step1": self.step1_only, "iso": self.iso, "weights": self.provider.release}
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    source: str
+    status: str  # "done", "skipped" or "failed"
+    message: str = ""
+    seconds: float = 0.0
+
+
+# --- markers and crash files -------------------------------------------------------------------------
+
+
+def log_dir(output_dir: Path, job: Job) -> Path:
+    return output_dir / f"sub-{job.subject}" / "log"
+
+
+def marker_path(output_dir: Path, job: Job) -> Path:
+    return log_dir(output_dir, job) / f"{job.stem}.done.json"
+
+
+def read_marker(output_dir: Path, job: Job) -> dict | None:
+    try:
+        return json.loads(marker_path(output_dir, job).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(ctx: RunContext, job: Job) -> bool:
+    record = read_marker(ctx.output_dir, job)
+    if record is None or record.get("fingerprint") != ctx.fingerprint:
+        return False
+    return all((ctx.output_dir / rel).is_file() for rel in record.get("outputs", []))
+
+
+def crash_files(output_dir: Path, job: Job) -> list[Path]:
+    return sorted(log_dir(output_dir, job).glob(f"crash-*-{job.stem}.txt"))
+
+
+def write_crash(output_dir: Path, job: Job, exc: BaseException | str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = log_dir(output_dir, job) / f"crash-{stamp}-{os.getpid()}-{job.stem}.txt"
+    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    detail = "" if isinstance(exc, str) else "\n" + "".join(traceback.format_exception(exc))
+    text = f"image: {job.source}\nrole: {job.role}\nversion: {__version__}\nreason: {reason}\n{detail}"
+    return D.write_atomic(path, text)
+
+
+def _remove(paths) -> None:
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
+
+
+def _forget_previous(ctx: RunContext, job: Job) -> None:
+    """Before redoing an image: its marker goes first, then the files that marker listed."""
+    record = read_marker(ctx.output_dir, job)
+    marker_path(ctx.output_dir, job).unlink(missing_ok=True)
+    if record:
+        _remove(ctx.output_dir / rel for rel in record.get("outputs", []))
+
+
+# --- one image ---------------------------------------------------------------------------------------
+
+
+class JobError(Exception):
+    """A job cannot run (planning problem, failed localizer)."""
+
+
+def _localizer_labels(ctx: RunContext, job: Job, cache: dict) -> volume.Volume | None:
+    loc = job.localizer
+    if loc is None:
+        return None
+    if loc.source in cache:
+        return cache[loc.source]
+    if not is_complete(ctx, loc):
+        raise JobError(f"its localizer {loc.source} was not segmented (see its crash file)")
+    kind = outputs.localizer_output_kind(ctx.step1_only)
+    cache[loc.source] = volume.load_labels(ctx.output_dir / D.output_path(loc.entities, kind))
+    return cache[loc.source]
+
+
+def _segment_and_write(ctx: RunContext, job: Job, cache: dict, written: list[Path]) -> dict:
+    if job.error:
+        raise JobError(job.error)
+    localizer = _localizer_labels(ctx, job, cache)
+    t0 = time.perf_counter()
+    source = volume.load_volume(ctx.bids_dir / job.source)
+    models = ctx.provider(ctx.bids_dir / job.source)
+    result = segment(source, models, localizer=localizer, options=PipelineOptions(step1_only=ctx.step1_only))
+    prov = outputs.provenance(result.release, models.sha256, result.device)
+    outputs.write_images(ctx.output_dir, job, result, source, ctx.step1_only, ctx.iso, prov, written)
+    assessed = outputs.write_stats(ctx.output_dir, job, result, ctx.step1_only, written)
+    figure = outputs.write_figure(ctx.output_dir, job, result, ctx.step1_only, written)
+    if job.role == "localizer":
+        final = outputs.final_labels(result.final, ctx.step1_only)
+        cache[job.source] = volume.Volume(final, result.final.grid.affine)
+    return _record(ctx, job, result, prov, assessed, figure, written, time.perf_counter() - t0)
+
+
+def _record(ctx, job, result, prov, assessed, figure, written, seconds) -> dict:
+    rel = [Path(p).relative_to(ctx.output_dir).as_posix() for p in written]
+    return {
+        "source": job.source, "id": job.image_id, "subject": job.subject, "session": job.session,
+        "role": job.role, "localizer": job.localizer.source if job.localizer else None,
+        "fingerprint": ctx.fingerprint, "provenance": prov, "outputs": rel, "figure": figure,
+        "stats": D.stats_path(job.entities).as_posix(), "qc": assessed.summary(),
+        "levels": result.level_table(), "warnings": list(result.warnings),
+        "timings": {k: round(v, 3) for k, v in result.timings.items()}, "seconds": round(seconds, 3),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_job(ctx: RunContext, job: Job, cache: dict) -> JobOutcome:
+    if not ctx.overwrite and not job.error and is_complete(ctx, job):
+        log.info("%s: already complete, skipped", job.source)
+        return JobOutcome(job.source, "skipped")
+    t0 = time.perf_counter()
+    _forget_previous(ctx, job)
+    written: list[Path] = []
+    try:
+        record = _segment_and_write(ctx, job, cache, written)
+        D.write_json(marker_path(ctx.output_dir, job), record)  # last: it declares the image complete
+    except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the others
+        _remove(written)
+        crash = write_crash(ctx.output_dir, job, str(exc) if isinstance(exc, JobError) else exc)
+        log.error("%s: failed: %s (details: %s)", job.source, exc, crash)
+        return JobOutcome(job.source, "failed", str(exc), time.perf_counter() - t0)
+    except BaseException:
+        _remove(written)
+        raise
+    for old in crash_files(ctx.output_dir, job):
+        old.unlink(missing_ok=True)
+    seconds = time.perf_counter() - t0
+    log.info("%s: done in %.1f s", job.source, seconds)
+    return JobOutcome(job.source, "done", seconds=seconds)
+
+
+# --- many images -------------------------------------------------------------------------------------
+
+
+def run_unit(ctx: RunContext, unit: list[Job]) -> list[JobOutcome]:
+    """The jobs of one subject and session, localizers first, sharing their localizer segmentations."""
+    cache: dict = {}
+    return [run_job(ctx, job, cache) for job in unit]
+
+
+def _init_worker(level: int) -> None:
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True)
+
+
+def run_all(ctx: RunContext, units: list[list[Job]], nprocs: int = 1) -> list[JobOutcome]:
+    """Run every unit; with nprocs > 1, in that many spawned processes (each loads its own networks)."""
+    if nprocs <= 1 or len(units) <= 1:
+        return [o for unit in units for o in run_unit(ctx, unit)]
+    with ProcessPoolExecutor(max_workers=nprocs, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(ctx.log_level,)) as pool:
+        futures = [pool.submit(run_unit, ctx, unit) for unit in units]
+        return [o for f in futures for o in f.result()]
