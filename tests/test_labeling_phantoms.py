@@ -163,3 +163,22 @@ def test_false_l5s_landmark_in_a_cervical_scan_is_ignored(tmp_path):
     assert any("implausible" in w for w in result.warnings)
     truth, kinds = _truth_for("step1", ph.labels)
     assert metrics.identification_rate(result.seg, truth, kinds=kinds, min_voxels=20)[1] == []
+
+
+def test_step2_keeps_step1_numbering_when_its_landmarks_fail():
+    """A step-2 network without landmark or sacrum classes still gets numbers from the step-1 result."""
+    from totalspineseg.labeling import Localizer, label_step1, label_step2
+
+    ph = _phantom(3, "lumbar", "RAS", (1.0, 1.0, 1.0))
+    step1 = label_step1(L.final_to_step1(ph.labels), ph.affine)
+    classes = L.final_to_step2(ph.labels)
+    classes[np.isin(classes, list(L.LANDMARK_CLASS_TO_DISC))] = int(L.Step2.DISC)
+    classes[classes == L.Step2.SACRUM] = int(L.Step2.VERTEBRA_ODD)
+    alone = label_step2(classes, ph.affine)
+    assert not alone.numbered
+    helped = label_step2(classes, ph.affine, step1=Localizer(step1.seg, ph.affine))
+    assert helped.numbered
+    truth = ph.labels.copy()
+    truth[truth == L.SACRUM] = 0  # the sacrum class was removed above
+    _, failures = metrics.identification_rate(helped.seg, truth, kinds=("disc", "vertebra"), min_voxels=20)
+    assert failures == []

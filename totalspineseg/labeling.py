@@ -49,6 +49,7 @@ class LabelingParams:
     # An adult L5-S disc holds 10-20 cm3 and a C2-C3 disc about 1 cm3: an anchor on a disc of the wrong
     # size is a network error (for example "L5-S" on the lowest disc of a cervical scan).
     l5s_min_disc_mm3: float = 5000.0
+    prior_weight: float = 0.5  # each step-1 disc counts half a landmark in step 2
     c2c3_max_disc_mm3: float = 5000.0
     largest_component_dilation: int = 5
 
@@ -66,7 +67,7 @@ class Anchor:
     component: int  # index into the superior->inferior disc list
     label: int
     weight: float
-    source: str  # "landmark", "localizer", "C1" or "sacrum"
+    source: str  # "landmark", "localizer", "C1", "sacrum" or "step1"
 
 
 @dataclass
@@ -275,7 +276,8 @@ def _world_to_voxel(affine_from: np.ndarray, affine_to: np.ndarray) -> np.ndarra
 
 
 def _localizer_anchors(
-    discs: _Components, affine: np.ndarray, loc: Localizer, params: LabelingParams
+    discs: _Components, affine: np.ndarray, loc: Localizer, params: LabelingParams, source: str = "localizer",
+    weight: float = 1.0,
 ) -> list[Anchor]:
     """Anchor every disc that a localizer disc label covers, mapping voxels through world coordinates."""
     idx = np.nonzero(discs.label_map)
@@ -295,7 +297,7 @@ def _localizer_anchors(
         best = int(np.argmax(counts))
         fraction = counts[best] / discs.sizes[comp_id - 1]
         if fraction >= params.localizer_min_fraction:
-            anchors.append(Anchor(comp_id - 1, int(values[best]), float(fraction), "localizer"))
+            anchors.append(Anchor(comp_id - 1, int(values[best]), weight * float(fraction), source))
     return anchors
 
 
@@ -416,7 +418,7 @@ def _vertebra_labels(
 
 
 def _number_discs(
-    classes, disc_classes, line, affine, localizer, params, warnings, c1_class=None, sacrum_class=None
+    classes, disc_classes, line, affine, localizer, params, warnings, c1_class=None, sacrum_class=None, prior=None
 ) -> tuple[_Components, np.ndarray, tuple[int, ...], list[Anchor], bool]:
     discs = _components(classes, disc_classes, line, params, combine=True)
     if discs.n == 0:
@@ -435,6 +437,8 @@ def _number_discs(
         if not loc_anchors:
             warnings.append("the localizer overlaps no disc of this image: check that both share scanner space")
         anchors += loc_anchors
+    if prior is not None and affine is not None:
+        anchors += _localizer_anchors(discs, affine, prior, params, "step1", params.prior_weight)
     seq, off, agree, reject = choose_numbering(anchors, slots)
     for a in reject:
         warnings.append(
@@ -498,14 +502,16 @@ class _Work:
     out: np.ndarray
 
 
-def _start(classes, affine, localizer, params, canal_classes, disc_classes, c1_class=None, sacrum_class=None) -> _Work:
+def _start(
+    classes, affine, localizer, params, canal_classes, disc_classes, c1_class=None, sacrum_class=None, prior=None
+) -> _Work:
     warnings: list[str] = []
     full_shape = np.shape(classes)
     classes = largest_component(np.asarray(classes), params.largest_component_dilation)
     classes, affine, box = _spine_box(classes, affine)
     line = _canal_line(classes, canal_classes, warnings)
     discs, index, seq, anchors, numbered = _number_discs(
-        classes, disc_classes, line, affine, localizer, params, warnings, c1_class, sacrum_class
+        classes, disc_classes, line, affine, localizer, params, warnings, c1_class, sacrum_class, prior
     )
     out = _disc_values(index, seq, numbered)[discs.label_map]
     return _Work(classes, box, full_shape, line, discs, index, seq, anchors, numbered, warnings, out)
@@ -537,11 +543,17 @@ def label_step2(
     affine: np.ndarray | None = None,
     localizer: Localizer | None = None,
     params: LabelingParams = LabelingParams(),
+    step1: Localizer | None = None,
 ) -> LabelingResult:
-    """Step-2 class map (values 1-11) -> every disc and vertebra numbered, sacrum 50, cord 1, canal 2."""
+    """Step-2 class map (values 1-11) -> every disc and vertebra numbered, sacrum 50, cord 1, canal 2.
+
+    `step1`, the step-1 result in world space, lets its numbered discs vote too (at `params.prior_weight`
+    each), so step 2 keeps step 1's numbering when its own landmark classes are weak.
+    """
     S = L.Step2
     work = _start(
-        classes, affine, localizer, params, (S.CANAL, S.CORD), L.STEP2_DISC_CLASSES, sacrum_class=S.SACRUM
+        classes, affine, localizer, params, (S.CANAL, S.CORD), L.STEP2_DISC_CLASSES, sacrum_class=S.SACRUM,
+        prior=step1,
     )
     classes, line, discs, index, seq, numbered, out = (
         work.classes, work.line, work.discs, work.index, work.seq, work.numbered, work.out

@@ -188,7 +188,7 @@ def segment(image, models: Models, localizer=None, options: PipelineOptions = Pi
             step2_raw = models.step2.predict(channels, progress=options.progress, affine=crop_affine).labels
             del channels
         with timer.stage("step2_labeling"):
-            res2 = label_step2(step2_raw, crop_affine, loc, options.labeling)
+            res2 = label_step2(step2_raw, crop_affine, loc, options.labeling, step1=Localizer(res1.seg, iso_affine))
             step2_iso = volume.paste(res2.seg, slices, iso_grid.shape)
             warnings += [f"step 2: {w}" for w in res2.warnings]
 
