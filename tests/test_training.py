@@ -1,0 +1,344 @@
+"""The training path: dataset preparation (labels, odd/even copies, bad pairs), plans overrides, release export,
+the full nnU-Net path on tiny data, and the bundled demo model on held-out phantoms."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from totalspineseg import labels as L
+from totalspineseg import phantom, training, volume, weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# dataset.json
+
+
+def test_dataset_json_matches_upstream_region_labels():
+    step1 = training.dataset_json(1, 4)
+    assert step1["labels"] == {"background": 0, "disc": [1, 2, 3, 4, 5], "disc_C2_C3": 2, "disc_C7_T1": 3,
+                               "disc_T12_L1": 4, "disc_L5_S": 5, "vertebrae": [6, 7], "vertebrae_C1": 7,
+                               "canal": [8, 9], "cord": 9}
+    assert step1["regions_class_order"] == list(range(1, 10))
+    assert step1["channel_names"] == {"0": "MRI"}
+    assert step1["numTraining"] == 4 and step1["file_ending"] == ".nii.gz"
+    step2 = training.dataset_json(2, 8)
+    assert step2["labels"] == {"background": 0, "disc": [1, 2, 3, 4, 5], "disc_C2_C3": 2, "disc_C7_T1": 3,
+                               "disc_T12_L1": 4, "disc_L5_S": 5, "vertebrae": [6, 7, 8, 9], "vertebrae_O": 7,
+                               "vertebrae_E": 8, "sacrum": 9, "canal": [10, 11], "cord": 11}
+    assert step2["regions_class_order"] == list(range(1, 12))
+    assert step2["channel_names"] == {"0": "MRI", "1": "noNorm"}
+
+
+# --------------------------------------------------------------------------------------------------
+# The odd/even copies of step 2
+
+
+def _whole_spine(extra_lumbar=False, missing_disc=None) -> np.ndarray:
+    return phantom.make_phantom(3, "whole", voxel=(2.0, 2.0, 2.0), extra_lumbar=extra_lumbar,
+                                missing_disc=missing_disc).labels
+
+
+def _below(seg: np.ndarray, disc: int) -> int:
+    """The structure right below a disc: its vertebra, or the sacrum."""
+    vertebra = L.vertebra_below_disc(disc)
+    if disc == L.DISC_L5_S:
+        return L.SACRUM
+    assert vertebra in seg
+    return vertebra
+
+
+@pytest.mark.parametrize("extra_lumbar, missing_disc", [(False, None), (True, None), (False, 75)])
+def test_class_7_is_always_the_vertebra_below_a_marked_disc(extra_lumbar, missing_disc):
+    seg = _whole_spine(extra_lumbar, missing_disc)
+    discs = [d for d in L.DISCS_POSSIBLE if d in seg]
+    masks = []
+    for swap in (False, True):
+        mask = training.alternate_disc_mask(seg, mark_odd=not swap)
+        classes = L.final_to_step2(seg, swap_parity=swap)
+        marked = {d for d in discs if mask[seg == d].all()}
+        assert all(not mask[seg == d].any() for d in discs if d not in marked)
+        for d in discs:
+            below = _below(seg, d)
+            if below == L.SACRUM:
+                continue
+            expected = L.Step2.VERTEBRA_ODD if d in marked else L.Step2.VERTEBRA_EVEN
+            assert np.all(classes[seg == below] == expected), (swap, d)
+        masks.append(mask)
+    on_discs = np.isin(seg, discs)
+    assert np.all(masks[0][on_discs] + masks[1][on_discs] == 1)  # the two copies are complementary
+
+
+def test_marked_discs_alternate_like_upstream():
+    seg = _whole_spine()
+    mask = training.alternate_disc_mask(seg, mark_odd=True)
+    marked = [d for d in L.DISCS_DEFAULT if mask[seg == d].any()]
+    # upstream's priority list for the normal copy: the discs above C3, C5, C7, T2, ... (and L5-S by alternation)
+    assert marked == [63, 65, 67, 72, 74, 76, 78, 80, 82, 92, 94, 100]
+    with_l6 = _whole_spine(extra_lumbar=True)
+    mask = training.alternate_disc_mask(with_l6, mark_odd=True)
+    assert [d for d in (94, 95, 96, 100) if mask[with_l6 == d].any()] == [94, 96]
+
+
+def test_step2_cases_crop_to_the_spine_with_a_margin():
+    ph = phantom.make_phantom(4, "lumbar", voxel=(2.0, 2.0, 2.0))
+    case = training.to_network_grid(volume.Volume(ph.image, ph.affine), volume.Volume(ph.labels, ph.affine), 2.0)
+    copies = training.step2_cases(case)
+    assert [suffix for suffix, *_ in copies] == ["", "_o2e"]
+    (_, (image, mask), labels, affine), (_, (image2, mask2), labels2, _) = copies
+    assert image.shape == mask.shape == labels.shape and np.array_equal(image, image2)
+    assert set(np.unique(labels)) - {0} <= set(range(1, 12))
+    assert not np.any(mask & mask2)
+    assert np.array_equal(labels == 7, labels2 == 8)  # odd and even swapped
+    # the crop keeps 10 mm (5 voxels) around the spine where the image allows
+    inside = np.argwhere(labels > 0)
+    assert np.all(inside.min(axis=0) >= np.minimum(5, inside.min(axis=0)))
+    assert image.size < case.image.size
+    assert np.allclose(volume.voxel_sizes(affine), 2.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding pairs and preparing datasets
+
+
+def test_expand_pattern_makes_the_session_level_optional():
+    assert training.expand_pattern("d/sub-*/[ses-*/]anat/*.nii.gz") == ["d/sub-*/anat/*.nii.gz",
+                                                                        "d/sub-*/ses-*/anat/*.nii.gz"]
+    assert training.expand_pattern("x/*.nii.gz") == ["x/*.nii.gz"]
+
+
+def test_image_for_labels_upstream_and_bids_derivative_names(tmp_path):
+    anat = tmp_path / "sub-01" / "ses-02" / "anat"
+    anat.mkdir(parents=True)
+    for name in ("sub-01_ses-02_acq-sag_T2w.nii.gz", "sub-01_ses-02_T1w.nii.gz", "sub-01_ses-02_T2w.nii"):
+        (anat / name).touch()
+    deriv = tmp_path / "derivatives" / "labels" / "sub-01" / "ses-02" / "anat"
+    for name in ("sub-01_ses-02_acq-sag_T2w_label-spine_dseg.nii.gz", "sub-01_ses-02_acq-sag_desc-spine_dseg.nii.gz"):
+        assert training.image_for_labels(tmp_path, deriv / name) == anat / "sub-01_ses-02_acq-sag_T2w.nii.gz"
+    assert training.image_for_labels(tmp_path, deriv / "sub-01_ses-02_T2w_dseg.nii") == anat / "sub-01_ses-02_T2w.nii"
+    with pytest.raises(LookupError, match="several"):
+        training.image_for_labels(tmp_path, deriv / "sub-01_ses-02_desc-spine_dseg.nii.gz")
+    with pytest.raises(LookupError, match="no matching image"):
+        training.image_for_labels(tmp_path, deriv / "sub-01_ses-02_acq-ax_desc-spine_dseg.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def bids(tmp_path_factory) -> Path:
+    """Two participants with a session each (main image + localizer), plus three broken pairs."""
+    root = phantom.write_bids_dataset(tmp_path_factory.mktemp("bids") / "ds", 2, seed=5, sessions=1, localizer=True)
+    anat, deriv = root / "sub-03" / "anat", root / "derivatives" / "labels" / "sub-03" / "anat"
+    anat.mkdir(parents=True)
+    deriv.mkdir(parents=True)
+    # a label map whose shape differs from its image
+    volume.save_nifti(anat / "sub-03_T2w.nii.gz", np.ones((8, 8, 8), np.float32), np.eye(4))
+    volume.save_nifti(deriv / "sub-03_T2w_desc-spine_dseg.nii.gz", np.ones((8, 8, 9), np.uint8), np.eye(4))
+    # an unreadable label file
+    volume.save_nifti(anat / "sub-03_T1w.nii.gz", np.ones((8, 8, 8), np.float32), np.eye(4))
+    (deriv / "sub-03_T1w_desc-spine_dseg.nii.gz").write_bytes(b"not a nifti")
+    # labels without an image
+    volume.save_nifti(deriv / "sub-03_acq-x_T2w_desc-spine_dseg.nii.gz", np.ones((8, 8, 8), np.uint8), np.eye(4))
+    return root
+
+
+def test_prepare_writes_both_datasets_and_skips_bad_pairs(bids, tmp_path, caplog):
+    report = training.prepare(bids, tmp_path / "raw", spacing=4.0, progress=False)
+    expected = sorted(p.name.removesuffix(".nii.gz") for p in bids.glob("sub-0[12]/ses-01/anat/*.nii.gz"))
+    assert len(expected) == 4 and sorted(report.written) == expected
+    reasons = {Path(p).name: r for p, r in report.skipped}
+    assert "differs from the image" in reasons["sub-03_T2w_desc-spine_dseg.nii.gz"]
+    assert "sub-03_T1w_desc-spine_dseg.nii.gz" in reasons
+    assert "no matching image" in reasons["sub-03_acq-x_T2w_desc-spine_dseg.nii.gz"]
+    assert sum("skipped" in r.getMessage() for r in caplog.records) == 3
+
+    step1 = tmp_path / "raw" / "Dataset101_TotalSpineSeg_step1"
+    step2 = tmp_path / "raw" / "Dataset102_TotalSpineSeg_step2"
+    assert json.loads((step1 / "dataset.json").read_text())["numTraining"] == 4
+    assert json.loads((step2 / "dataset.json").read_text())["numTraining"] == 8
+    assert len(list((step2 / "imagesTr").glob("*_o2e_0001.nii.gz"))) == 4
+    name = report.written[0]
+    image = volume.load_volume(step1 / "imagesTr" / f"{name}_0000.nii.gz")
+    seg = volume.load_labels(step1 / "labelsTr" / f"{name}.nii.gz")
+    assert image.shape == seg.shape and np.allclose(image.zooms, 4.0)
+    assert "".join(volume.nib.aff2axcodes(image.affine)) == "RAS"
+    assert set(np.unique(seg.data)) <= set(range(10))
+    mask = volume.load_labels(step2 / "imagesTr" / f"{name}_0001.nii.gz").data
+    assert set(np.unique(mask)) <= {0, 1}
+
+    with pytest.raises(training.TotalSpineSegError, match="not empty"):
+        training.prepare(bids, tmp_path / "raw", steps=[1], spacing=4.0, progress=False)
+
+
+def test_prepare_cli_reports_counts(bids, tmp_path, capsys):
+    from totalspineseg.cli import train as cli
+
+    assert cli.main(["-q", "prepare", str(bids), str(tmp_path / "raw"), "--steps", "1", "--spacing", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "prepared 4 case(s), skipped 3" in out
+    assert not (tmp_path / "raw" / "Dataset102_TotalSpineSeg_step2").exists()
+
+
+def test_grouped_splits_keep_odd_even_copies_together():
+    ids = [f"c{i}{s}" for i in range(10) for s in ("", "_o2e")]
+    splits = training.grouped_splits(ids, n_folds=5)
+    assert sorted(i for s in splits for i in s["val"]) == sorted(ids)
+    for s in splits:
+        assert {i.removesuffix("_o2e") for i in s["val"]}.isdisjoint(i.removesuffix("_o2e") for i in s["train"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Plans override, checkpoint stripping, release zips
+
+
+def _plans(blocks_key="n_conv_per_stage") -> dict:
+    arch = {"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320], blocks_key: [2] * 6,
+            "n_conv_per_stage_decoder": [2] * 5, "strides": [[1, 1, 1]] + [[2, 2, 2]] * 5,
+            "kernel_sizes": [[3, 3, 3]] * 6}
+    return {"plans_name": "P", "configurations": {"3d_fullres": {
+        "patch_size": [128, 128, 128], "batch_size": 2, "spacing": [1.0, 1.0, 1.0], "data_identifier": "P_3d",
+        "architecture": {"network_class_name": "x", "arch_kwargs": arch}}}}
+
+
+def test_plans_override_shrinks_and_recomputes_strides():
+    plans = training.apply_plans_override(_plans("n_blocks_per_stage"), "3d_fullres", {
+        "features_per_stage": [8, 16, 32, 64, 128], "n_conv_per_stage": 1, "n_conv_per_stage_decoder": 1,
+        "patch_size": [128, 48, 30], "batch_size": 3, "spacing": [2, 2, 2]})
+    cfg = plans["configurations"]["3d_fullres"]
+    arch = cfg["architecture"]["arch_kwargs"]
+    assert arch["n_stages"] == 5 and arch["n_blocks_per_stage"] == [1] * 5
+    assert arch["n_conv_per_stage_decoder"] == [1] * 4
+    assert arch["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 1], [2, 1, 1]]
+    assert cfg["patch_size"] == [128, 48, 32]  # rounded up to a multiple of the total stride
+    assert cfg["batch_size"] == 3 and cfg["spacing"] == [2.0, 2.0, 2.0]
+    assert cfg["data_identifier"] == "P_3d_fullres"
+    assert _plans()["configurations"]["3d_fullres"]["patch_size"] == [128, 128, 128]  # input left alone
+    with pytest.raises(ValueError, match="unknown plans override"):
+        training.apply_plans_override(_plans(), "3d_fullres", {"features": [1]})
+
+
+def test_strip_checkpoint_keeps_what_inference_needs():
+    ckpt = {"network_weights": {"w": 1}, "optimizer_state": {}, "grad_scaler_state": None, "logging": {},
+            "_best_ema": 0.5, "current_epoch": 3, "init_args": {"fold": 0}, "trainer_name": "nnUNetTrainer",
+            "inference_allowed_mirroring_axes": None}
+    assert set(training.strip_checkpoint(ckpt)) == {"network_weights", "init_args", "trainer_name", "current_epoch",
+                                                     "inference_allowed_mirroring_axes"}
+    with pytest.raises(training.WeightsError):
+        training.strip_checkpoint({"state": 1})
+
+
+@pytest.mark.slow
+def test_export_release_zips_install_and_load(tmp_path):
+    pytest.importorskip("nnunetv2")
+    from model_factory import make_model_folder
+
+    from totalspineseg.predictor import load_model, read_checkpoint
+
+    results = tmp_path / "results"
+    for dataset_id, channels in ((101, 1), (102, 2)):
+        name = training.DATASET_NAMES[dataset_id].split("_", 1)[1]
+        make_model_folder(results, dataset_id, channels, trainer_name="nnUNetTrainer", dataset_name=name,
+                          plans_name="nnUNetPlans", shape=(32, 32, 32), tiny_patch_size=(32, 32, 32))
+    zips = training.export_release(results, tmp_path / "exports", "r1")
+    assert [z.name for z in zips] == ["Dataset101_TotalSpineSeg_step1_r1.zip", "Dataset102_TotalSpineSeg_step2_r1.zip"]
+    for z in zips:
+        digest, name = z.with_name(z.name + ".sha256").read_text().split()
+        assert name == z.name and digest == hashlib.sha256(z.read_bytes()).hexdigest()
+        with zipfile.ZipFile(z) as zf:
+            names = set(zf.namelist())
+        model = f"{z.name.rsplit('_', 1)[0]}/nnUNetTrainer__nnUNetPlans__3d_fullres"
+        assert names == {f"{model}/{n}" for n in ("dataset.json", "plans.json", "dataset_fingerprint.json",
+                                                  "fold_0/checkpoint_final.pth")}
+    again = training.export_release(results, tmp_path / "again", "r1")
+    assert again[0].read_bytes() == zips[0].read_bytes()  # reproducible bytes
+
+    paths = weights.install(tmp_path / "exports", tmp_path / "root", "r1")
+    ckpt = read_checkpoint(paths.step1_checkpoint)
+    assert "optimizer_state" not in ckpt and "grad_scaler_state" not in ckpt
+    assert set(ckpt) == set(training.CHECKPOINT_KEEP)
+    model = load_model(paths.step2, device="cpu", threads=1)
+    prediction = model.predict(np.random.default_rng(0).normal(size=(2, 24, 24, 24)).astype(np.float32))
+    assert prediction.labels.shape == (24, 24, 24)
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole path on tiny data: prepare -> plan + preprocess -> train -> export -> install -> predict
+
+
+def _cli(*args: str, cwd: Path) -> None:
+    """Run totalspineseg-train in a fresh interpreter: nnU-Net's spawn pools need a guarded __main__."""
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-m", "totalspineseg.cli.train", "-q", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_full_training_path_on_tiny_data(tmp_path):
+    pytest.importorskip("nnunetv2")
+    from totalspineseg.predictor import load_model
+
+    bids = phantom.write_bids_dataset(tmp_path / "bids", 2, seed=7)
+    nnunet = tmp_path / "nnUNet"
+    _cli("prepare", str(bids), str(nnunet / "raw"), "--spacing", "4", cwd=tmp_path)
+    for dataset in ("101", "102"):
+        _cli("run", str(nnunet), "--dataset", dataset, "--planner", "default", "--tiny-plans", "--epochs", "1",
+             "--iterations-per-epoch", "2", "--val-iterations", "1", "--device", "cpu", "--processes", "1",
+             cwd=tmp_path)
+    _cli("export", str(nnunet / "results"), str(tmp_path / "exports"), "--release", "ci", cwd=tmp_path)
+
+    paths = weights.install(tmp_path / "exports", tmp_path / "weights", "ci")
+    assert paths.step1.name == "nnUNetTrainer__nnUNetPlansTiny__3d_fullres"
+    model = load_model(paths.step1, device="cpu", threads=2)
+    ph = phantom.make_phantom(9, "cervical", voxel=(2.0, 2.0, 2.0))
+    image, affine = volume.to_iso(volume.Volume(ph.image, ph.affine))
+    prediction = model.predict(image[None], affine=affine)
+    assert prediction.labels.shape == image.shape
+    assert set(np.unique(prediction.labels)) <= set(range(10))
+
+
+# --------------------------------------------------------------------------------------------------
+# The bundled demo model
+
+
+@pytest.fixture(scope="module")
+def demo_models():
+    pytest.importorskip("nnunetv2")
+    from totalspineseg.errors import WeightsError
+    from totalspineseg.pipeline import Models
+
+    try:
+        paths = weights.resolve_model("demo")
+    except WeightsError as exc:
+        pytest.skip(f"the demo model is not bundled: {exc}")
+    return Models.load(paths, device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the bundled demo model is under-trained (CPU budget of this release): it does "
+                   "not reach the issue's targets yet, see totalspineseg/resources/demo/MODEL_CARD.md; strict, so "
+                   "this marker must go when a retrained model passes")
+def test_demo_model_on_held_out_phantoms(demo_models):
+    from totalspineseg import demo_recipe
+
+    picked = [s for s in demo_recipe.HELD_OUT if s.fov in ("cervical", "thoracolumbar", "lumbar")][::2]
+    assert len(picked) == 3
+    scores = [demo_recipe.evaluate(spec, demo_models) for spec in picked]
+    summary = demo_recipe.summarize(scores)
+    assert summary["errors"] == 0, [s.error for s in scores]
+    assert summary["identification_rate"] >= 0.85, [(s.spec.name, s.not_identified) for s in scores]
+    assert summary["mean_dice"] >= 0.75
+
+
+def test_demo_model_never_chosen_silently(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOTALSPINESEG_DATA", str(tmp_path))
+    with pytest.raises(weights.WeightsError, match="install"):
+        weights.resolve_model("official")
