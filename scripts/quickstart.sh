@@ -8,7 +8,7 @@ bash scripts/setup_env.sh
 BIDS=examples/bids
 OUT=examples/derivatives/totalspineseg
 if [ ! -f "$BIDS/dataset_description.json" ]; then
-    .venv/bin/totalspineseg-phantom "$BIDS" --bids --participants 2 --sessions 1 --localizer --seed 2026
+    .venv/bin/totalspineseg-phantom "$BIDS" --bids --participants 2 --sessions 1 --localizer --seed 1
 fi
 .venv/bin/python run.py "$BIDS" "$OUT" participant --weights demo
 .venv/bin/python run.py "$BIDS" "$OUT" group
