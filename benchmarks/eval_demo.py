@@ -86,10 +86,12 @@ def run_phantoms(models: Models) -> tuple[list[demo_recipe.CaseScore], dict]:
 
 def describe(seg: np.ndarray) -> str:
     present = metrics.present_labels(seg)
-    vertebrae = [L.FINAL[v].short for v in present if L.FINAL.get(v) and L.FINAL[v].kind in ("vertebra", "sacrum")]
+    numbered = [L.FINAL[v].short for v in present if v in L.VERTEBRAE_POSSIBLE]
     discs = [v for v in present if L.FINAL.get(v) and L.FINAL[v].kind == "disc"]
-    span = f"{vertebrae[0]}..{vertebrae[-1]}" if vertebrae else "-"
-    return f"{len(vertebrae)} vertebrae ({span}), {len(discs)} discs, cord {'yes' if L.CORD in present else 'no'}"
+    span = f" ({numbered[0]}..{numbered[-1]})" if numbered else ""
+    unnumbered = " + unnumbered ones" if L.VERTEBRA_UNNUMBERED in present else ""
+    return (f"{len(numbered)} numbered vertebrae{span}{unnumbered}, {len(discs)} disc labels, "
+            f"cord {'yes' if L.CORD in present else 'no'}")
 
 
 def score_real(seg: np.ndarray, truth_path: Path | None, kind: str | None) -> str:
