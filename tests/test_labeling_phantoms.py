@@ -182,3 +182,98 @@ def test_step2_keeps_step1_numbering_when_its_landmarks_fail():
     truth[truth == L.SACRUM] = 0  # the sacrum class was removed above
     _, failures = metrics.identification_rate(helped.seg, truth, kinds=("disc", "vertebra"), min_voxels=20)
     assert failures == []
+
+
+def _fragment_in_body(truth, classes, vertebra, value, half=3):
+    """Paint a small cube of disc class inside a vertebral body (a typical network error on T1w images)."""
+    out = classes.copy()
+    canal_y = np.nonzero(truth == L.CANAL)[1].mean()
+    body = np.argwhere((truth == vertebra) & (np.arange(truth.shape[1])[None, :, None] > canal_y + 8))
+    c = np.rint(body.mean(axis=0)).astype(int)
+    box = tuple(slice(x - half, x + half) for x in c)
+    inside = truth[box] == vertebra
+    out[box][inside] = value
+    assert 100 <= int(inside.sum()) <= 300  # above the noise floor, far below any disc
+    return out
+
+
+@pytest.mark.parametrize("step", ["step1", "step2"])
+def test_disc_fragments_inside_vertebrae_do_not_shift_numbers(tmp_path, step):
+    """Specks of disc class inside C2 and L3 would each count as a level and shift every number above."""
+    ph = _phantom(3, "whole", "RAS", (1.0, 1.0, 1.0))
+    classes = L.final_to_step1(ph.labels) if step == "step1" else L.final_to_step2(ph.labels)
+    classes[np.isin(classes, [int(L.Step1.DISC_C2_C3), int(L.Step1.DISC_C7_T1), int(L.Step1.DISC_T12_L1)])] = 1
+    classes = _fragment_in_body(ph.labels, classes, L.C2, int(L.Step1.DISC))
+    classes = _fragment_in_body(ph.labels, classes, 43, int(L.Step1.DISC))  # L3
+    from totalspineseg.labeling import label_step1, label_step2
+
+    result = (label_step1 if step == "step1" else label_step2)(classes, ph.affine)
+    assert any("fragment" in w for w in result.warnings)
+    truth, kinds = _truth_for(step, ph.labels)
+    _, failures = metrics.identification_rate(result.seg, truth, kinds=kinds, min_voxels=20)
+    assert failures == []
+
+
+def test_disc_cut_by_the_field_of_view_is_kept():
+    """A small top disc that reaches the edge of the image is a real, truncated level, not a fragment."""
+    from totalspineseg.labeling import label_step1
+
+    ph = _phantom(3, "lumbar", "RAS", (1.0, 1.0, 1.0))
+    top = min(d for d in L.DISCS_POSSIBLE if d in ph.labels)
+    z = np.nonzero(ph.labels == top)[2]
+    keep_from = int(z.max()) - 1  # leave a sliver of the top disc
+    labels = ph.labels[:, :, : keep_from + 1]
+    result = label_step1(L.final_to_step1(labels), ph.affine)
+    assert top in result.seg
+    assert not any("fragment" in w for w in result.warnings)
+
+
+def _shifted(seg, by):
+    """A final-scheme segmentation with every disc renamed `by` places down the usual sequence."""
+    out = seg.copy()
+    seq = L.DISCS_DEFAULT
+    for i, d in enumerate(seq):
+        if d in seg and 0 <= i + by < len(seq):
+            out[seg == d] = seq[i + by]
+    return out
+
+
+def test_step1_numbering_cannot_outvote_step2_landmark_and_sacrum():
+    """A step-1 result off by one level loses to step 2's own L5-S landmark and sacrum, however many discs."""
+    from totalspineseg.labeling import Localizer, label_step1, label_step2
+
+    ph = _phantom(3, "thoracolumbar", "RAS", (1.0, 1.0, 1.0))
+    step1 = label_step1(L.final_to_step1(ph.labels), ph.affine)
+    wrong = Localizer(_shifted(step1.seg, -1), ph.affine)
+    classes = L.final_to_step2(ph.labels)
+    classes[np.isin(classes, [int(L.Step2.DISC_T12_L1)])] = int(L.Step2.DISC)
+    result = label_step2(classes, ph.affine, step1=wrong)
+    _, failures = metrics.identification_rate(result.seg, ph.labels, min_voxels=20)
+    assert failures == []
+    assert any("step1 anchor" in w and "ignored" in w for w in result.warnings)
+
+
+def test_sacrum_class_elsewhere_does_not_move_the_sacrum_anchor():
+    from totalspineseg.labeling import label_step2
+
+    ph = _phantom(3, "thoracolumbar", "RAS", (1.0, 1.0, 1.0))
+    classes = L.final_to_step2(ph.labels)
+    classes[np.isin(classes, list(L.LANDMARK_CLASS_TO_DISC))] = int(L.Step2.DISC)
+    classes[ph.labels == 28] = int(L.Step2.SACRUM)  # the network calls T8 sacrum, too
+    result = label_step2(classes, ph.affine)
+    _, failures = metrics.identification_rate(result.seg, ph.labels, kinds=("disc",), min_voxels=20)
+    assert failures == []
+
+
+def test_step2_takes_c1_from_step1_when_it_finds_none():
+    from totalspineseg.labeling import Localizer, label_step1, label_step2
+
+    ph = _phantom(3, "cervical", "RAS", (1.0, 1.0, 1.0))
+    step1 = label_step1(L.final_to_step1(ph.labels), ph.affine)
+    classes = L.final_to_step2(ph.labels)
+    classes[ph.labels == L.C1] = 0
+    assert L.C1 not in label_step2(classes, ph.affine).seg
+    result = label_step2(classes, ph.affine, step1=Localizer(step1.seg, ph.affine))
+    assert metrics.dice_per_label(result.seg, ph.labels, [L.C1])[L.C1] == 1.0
+    _, failures = metrics.identification_rate(result.seg, ph.labels, min_voxels=20)
+    assert failures == []

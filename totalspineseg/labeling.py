@@ -49,7 +49,12 @@ class LabelingParams:
     # An adult L5-S disc holds 10-20 cm3 and a C2-C3 disc about 1 cm3: an anchor on a disc of the wrong
     # size is a network error (for example "L5-S" on the lowest disc of a cervical scan).
     l5s_min_disc_mm3: float = 5000.0
-    prior_weight: float = 0.5  # each step-1 disc counts half a landmark in step 2
+    # The step-1 numbering votes in step 2 with this total weight, shared among its discs: it cannot outvote
+    # step 2's own terminal landmark plus a bone anchor just because it covers many discs.
+    prior_total_weight: float = 1.5
+    # A disc piece smaller than this share of its largest neighbour (two on each side) is a fragment (a
+    # misclassified speck inside a vertebra, a split-off rim), not a level: it would shift every number.
+    fragment_ratio: float = 0.25
     c2c3_max_disc_mm3: float = 5000.0
     largest_component_dilation: int = 5
 
@@ -165,6 +170,44 @@ def _sort_components(label_map: np.ndarray, n: int, classes: np.ndarray, line: C
     return _Components(remap[label_map], positions[order], sizes[order], majority[order])
 
 
+def _touches_border(label_map: np.ndarray, n: int) -> np.ndarray:
+    """Which components (1..n) reach a face of the array, i.e. may be cut by the field of view."""
+    touch = np.zeros(n + 1, dtype=bool)
+    for axis in range(label_map.ndim):
+        for index in (0, label_map.shape[axis] - 1):
+            touch[np.unique(np.take(label_map, index, axis=axis))] = True
+    return touch[1:]
+
+
+def _drop_fragments(
+    discs: _Components, classes: np.ndarray, line: Centerline | None, params: LabelingParams
+) -> tuple[_Components, int]:
+    """Remove disc components far smaller than the discs beside them.
+
+    Disc size changes slowly along the spine (about x1.3 per level at most), so a piece under
+    `fragment_ratio` of its largest neighbour within two levels is not a level of its own. The first and last
+    disc are kept when they reach the edge of the array: a disc cut by the field of view is small but real.
+    """
+    n = discs.n
+    if n < 2:
+        return discs, 0
+    sizes = discs.sizes.astype(float)
+    border = _touches_border(discs.label_map, n)
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):
+        neighbours = np.concatenate([sizes[max(i - 2, 0) : i], sizes[i + 1 : i + 3]])
+        if sizes[i] >= params.fragment_ratio * neighbours.max():
+            continue
+        if i in (0, n - 1) and border[i]:
+            continue
+        keep[i] = False
+    if keep.all():
+        return discs, 0
+    remap = np.zeros(n + 1, dtype=np.int32)
+    remap[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+    return _sort_components(remap[discs.label_map], int(keep.sum()), classes, line), int(n - keep.sum())
+
+
 # -----------------------------------------------------------------------------------------------------------
 # Disc slots, anchors and numbering
 
@@ -226,6 +269,21 @@ def _landmark_anchors(
     return anchors
 
 
+def _largest_piece(mask: np.ndarray) -> np.ndarray:
+    """Voxel indices of the largest 26-connected piece of `mask`: stray specks of a bone class elsewhere in
+    the spine must not move the edge that an anchor is measured from."""
+    box = bbox(mask, margin=0)
+    if box is None:
+        return np.zeros((0, mask.ndim), dtype=int)
+    comp, k = ndimage.label(mask[box], FULL)
+    if k > 1:
+        sizes = np.bincount(comp.ravel())
+        sizes[0] = 0
+        comp = comp == sizes.argmax()
+    vox = np.argwhere(comp > 0)
+    return vox + np.array([sl.start for sl in box])
+
+
 def _bone_anchors(
     classes: np.ndarray, discs: _Components, line: Centerline | None, params: LabelingParams, c1_class, sacrum_class
 ) -> list[Anchor]:
@@ -237,7 +295,7 @@ def _bone_anchors(
     for cls, disc in ((c1_class, L.DISC_C2_C3), (sacrum_class, L.DISC_L5_S)):
         if cls is None:
             continue
-        vox = np.argwhere(classes == cls)
+        vox = _largest_piece(classes == cls)
         if len(vox) <= params.min_landmark_voxels:
             continue
         pos = line.position(vox[:: max(1, len(vox) // 4000)].astype(float))
@@ -421,6 +479,9 @@ def _number_discs(
     classes, disc_classes, line, affine, localizer, params, warnings, c1_class=None, sacrum_class=None, prior=None
 ) -> tuple[_Components, np.ndarray, tuple[int, ...], list[Anchor], bool]:
     discs = _components(classes, disc_classes, line, params, combine=True)
+    discs, dropped = _drop_fragments(discs, classes, line, params)
+    if dropped:
+        warnings.append(f"{dropped} small disc fragment(s) ignored (much smaller than the discs beside them)")
     if discs.n == 0:
         warnings.append("no intervertebral disc found: nothing can be numbered")
         return discs, np.zeros(0, int), L.DISCS_DEFAULT, [], False
@@ -438,7 +499,9 @@ def _number_discs(
             warnings.append("the localizer overlaps no disc of this image: check that both share scanner space")
         anchors += loc_anchors
     if prior is not None and affine is not None:
-        anchors += _localizer_anchors(discs, affine, prior, params, "step1", params.prior_weight)
+        prior_anchors = _localizer_anchors(discs, affine, prior, params, "step1")
+        share = params.prior_total_weight / max(len(prior_anchors), 1)
+        anchors += [Anchor(a.component, a.label, a.weight * share, a.source) for a in prior_anchors]
     seq, off, agree, reject = choose_numbering(anchors, slots)
     for a in reject:
         warnings.append(
@@ -547,8 +610,9 @@ def label_step2(
 ) -> LabelingResult:
     """Step-2 class map (values 1-11) -> every disc and vertebra numbered, sacrum 50, cord 1, canal 2.
 
-    `step1`, the step-1 result in world space, lets its numbered discs vote too (at `params.prior_weight`
-    each), so step 2 keeps step 1's numbering when its own landmark classes are weak.
+    `step1`, the step-1 result in world space, lets its numbered discs vote too (sharing
+    `params.prior_total_weight`), so step 2 keeps step 1's numbering when its own landmark classes are weak. It
+    also lends its C1, which step 1 segments as a class of its own, when step 2 finds none above C2-C3.
     """
     S = L.Step2
     work = _start(
@@ -573,4 +637,26 @@ def label_step2(
     vert_out = _absorb_generic(vert_out, classes == S.VERTEBRA, list(dict.fromkeys(bottom_up)))
     bone = vert_out > 0
     out[bone & (out == 0)] = vert_out[bone & (out == 0)]
-    return _finish(work, S.CANAL, S.CORD)
+    result = _finish(work, S.CANAL, S.CORD)
+    if step1 is not None and affine is not None:
+        _borrow_c1(result, affine, step1)
+    return result
+
+
+def _borrow_c1(result: LabelingResult, affine: np.ndarray, step1: Localizer) -> None:
+    """Copy step 1's C1 into empty voxels of the step-2 result when step 2 numbered C2-C3 but found no C1."""
+    seg = result.seg
+    if not result.numbered or np.any(seg == L.C1):
+        return
+    if not np.any(seg == L.DISC_C2_C3):
+        return
+    vox = np.argwhere(step1.seg == L.C1)
+    if len(vox) == 0:
+        return
+    to_seg = _world_to_voxel(step1.affine, np.asarray(affine, dtype=float))
+    idx = np.rint(vox @ to_seg[:3, :3].T + to_seg[:3, 3]).astype(int)
+    idx = idx[np.all((idx >= 0) & (idx < np.array(seg.shape)), axis=1)]
+    target = tuple(idx.T)
+    empty = seg[target] == 0
+    seg[tuple(idx[empty].T)] = L.C1
+    result.warnings.append("C1 taken from step 1: the step-2 network found none")
