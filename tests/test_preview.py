@@ -171,6 +171,19 @@ def test_render_writes_a_decodable_jpeg_of_the_requested_width(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["sub-01_preview.jpg"]  # no temporary file left
 
 
+def test_preview_is_readable_like_other_outputs(tmp_path):
+    import os
+    import stat
+
+    image, seg, affine = _spine()
+    old = os.umask(0o022)
+    try:
+        out = P.render_preview(image, seg, affine, tmp_path / "p.jpg", width_px=400)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
 def test_render_bytes_png_and_jpeg():
     image, seg, affine = _spine()
     png = P.render_preview_bytes(image, seg, affine, fmt="png", width_px=400)

@@ -342,3 +342,37 @@ def test_demo_model_never_chosen_silently(tmp_path, monkeypatch):
     monkeypatch.setenv("TOTALSPINESEG_DATA", str(tmp_path))
     with pytest.raises(weights.WeightsError, match="install"):
         weights.resolve_model("official")
+
+
+def test_demo_recipe_runs_the_warm_restart_once_and_resumes(tmp_path, monkeypatch):
+    """Stage bookkeeping of the recipe: first stage, then the restart; finished stages are never rerun."""
+    from totalspineseg import demo_recipe, training
+
+    calls = []
+
+    def fake_train(dirs, dataset_id, plans_name, device, settings, threads):
+        calls.append((dataset_id, settings.epochs, settings.continue_training))
+        fold = dirs.model_folder(dataset_id, plans_name) / "fold_0"
+        fold.mkdir(parents=True, exist_ok=True)
+        (fold / "checkpoint_final.pth").write_bytes(b"x")
+
+    monkeypatch.setattr(demo_recipe, "_raw_done", lambda dirs, n: True)
+    monkeypatch.setattr(demo_recipe, "_preprocessed_done", lambda dirs, i: True)
+    monkeypatch.setattr(training, "write_splits", lambda *a, **k: None)
+    monkeypatch.setattr(training, "train", fake_train)
+    monkeypatch.setattr(training, "export_release", lambda *a, **k: [])
+    settings = demo_recipe.DemoSettings(epochs=(4, 3), restart_epochs=(2, 0))
+
+    demo_recipe.train_demo(tmp_path, settings, progress=False)
+    assert calls == [(101, 4, True), (101, 6, True), (102, 3, True)]
+
+    calls.clear()
+    demo_recipe.train_demo(tmp_path, settings, progress=False)
+    assert calls == []  # everything done
+
+    # A bundle trained before restarts existed (checkpoint_final, no stage record) gets only the restart.
+    (tmp_path / "nnUNet" / "results").joinpath(
+        training.DATASET_NAMES[101], f"nnUNetTrainer__{demo_recipe.PLANS_NAME}__3d_fullres", "fold_0",
+        demo_recipe.STAGE_FILE).unlink()
+    demo_recipe.train_demo(tmp_path, settings, progress=False)
+    assert calls == [(101, 6, True)]

@@ -510,7 +510,8 @@ def _number_discs(
     if not agree:
         warnings.append(
             "no landmark disc (C2-C3, C7-T1, T12-L1, L5-S) and no localizer: discs and vertebrae are left"
-            " unnumbered; pass a localizer segmentation (--loc) to number them"
+            " unnumbered; give a localizer to number them (totalspineseg --loc; BIDS-App: a matching"
+            " acq-localizer image of the same session)"
         )
         return discs, np.full(discs.n, -1), seq, [], False
     index = slots + off

@@ -521,11 +521,23 @@ def _encode(fig: Figure, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def _current_umask() -> int:
+    try:  # Linux reports it without the race of setting and restoring it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def _write_atomic(data: bytes, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        # mkstemp creates 0600 files; a preview must be readable like any other output (group QC, web servers).
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
