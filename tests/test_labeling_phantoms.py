@@ -277,3 +277,19 @@ def test_step2_takes_c1_from_step1_when_it_finds_none():
     assert metrics.dice_per_label(result.seg, ph.labels, [L.C1])[L.C1] == 1.0
     _, failures = metrics.identification_rate(result.seg, ph.labels, min_voxels=20)
     assert failures == []
+
+
+def test_a_landmark_class_on_a_sliver_of_a_disc_does_not_anchor():
+    """A few hundred voxels of the C7-T1 class on C6-C7 (an unsure network) must not outvote C1."""
+    from totalspineseg.labeling import label_step1
+
+    ph = _phantom(3, "cervicothoracic", "RAS", (1.0, 1.0, 1.0))
+    classes = L.final_to_step1(ph.labels)
+    classes[np.isin(classes, list(L.LANDMARK_CLASS_TO_DISC))] = int(L.Step1.DISC)
+    c6c7 = np.argwhere(ph.labels == 67)
+    sliver = c6c7[np.argsort(c6c7[:, 0])][: int(0.15 * len(c6c7))]  # the right-most 15% of the disc
+    assert len(sliver) > 200
+    classes[tuple(sliver.T)] = int(L.Step1.DISC_C7_T1)
+    result = label_step1(classes, ph.affine)
+    truth, kinds = _truth_for("step1", ph.labels)
+    assert metrics.identification_rate(result.seg, truth, kinds=kinds, min_voxels=20)[1] == []

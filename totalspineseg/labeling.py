@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 class LabelingParams:
     min_component_voxels: int = 100  # discs/vertebra pieces smaller than this are noise
     min_landmark_voxels: int = 200  # a landmark class needs more voxels than this to anchor
+    min_landmark_fraction: float = 0.25  # ... and must cover this share of its disc
     component_dilation: int = 1  # pieces within 2 voxels of each other are one component
     gap_ratio: float = 1.6  # spacing this many times the local spacing means a missing disc
     landmark_weight_terminal: float = 2.0  # C2-C3 and L5-S
@@ -253,6 +254,8 @@ def _landmark_anchors(
         in_comp = in_comp[np.isin(in_comp, landmark_classes)]
         if int(np.bincount(in_comp, minlength=max(landmark_classes) + 1).argmax()) != cls:
             continue
+        if int(np.sum(comp == target)) * params.min_landmark_fraction > int(np.sum(in_comp == cls)):
+            continue  # a few voxels of the class on an ordinary disc: the network is unsure
         index = target - 1
         name = L.FINAL[disc].short
         if disc == L.DISC_C2_C3 and index != 0:
