@@ -116,8 +116,8 @@ class DemoSettings:
     seed: int = 0
     epochs: tuple[int, int] = (75, 60)  # step 1, step 2
     # A warm restart after `epochs`: training goes on for this many more epochs, with the learning rate rising
-    # again and decaying over the new total. Step 1's landmark discs are still improving at epoch 75.
-    restart_epochs: tuple[int, int] = (35, 0)
+    # again and decaying over the new total: the landmark discs (step 1) and thin discs (step 2) still improve.
+    restart_epochs: tuple[int, int] = (35, 40)
     iterations_per_epoch: int = 50
     val_iterations_per_epoch: int = 2
     processes: int = 2
