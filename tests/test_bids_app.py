@@ -314,6 +314,16 @@ def test_version(capsys):
     assert "totalspineseg BIDS-App version" in capsys.readouterr().out
 
 
+def test_installed_command_is_the_bids_app(tmp_path):
+    """`totalspineseg-bids` (pip installs) is run.py: same parser, same exit codes."""
+    exe = Path(sys.executable).parent / "totalspineseg-bids"
+    assert exe.is_file(), "the package is not installed with its console scripts (pip install -e .)"
+    version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and "BIDS-App version" in version.stdout
+    usage = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 64 and "usage:" in usage.stderr
+
+
 def test_unknown_level_exits_17(example, tmp_path):
     assert main([str(example), str(tmp_path / "o"), "session"]) == 17
 
