@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -359,7 +360,8 @@ def test_demo_recipe_runs_the_warm_restart_once_and_resumes(tmp_path, monkeypatc
     monkeypatch.setattr(training, "write_splits", lambda *a, **k: None)
     monkeypatch.setattr(training, "train", fake_train)
     monkeypatch.setattr(training, "export_release", lambda *a, **k: [])
-    settings = demo_recipe.DemoSettings(epochs=(4, 3), restart_epochs=(2, 0))
+    settings = demo_recipe.DemoSettings(epochs=(4, 3), restart_epochs=(2, 0), restarts=(1, 3))
+    assert settings.stages(1) == (4, 6) and settings.stages(2) == (3,)
 
     demo_recipe.train_demo(tmp_path, settings, progress=False)
     assert calls == [(101, 4, True), (101, 6, True), (102, 3, True)]
@@ -374,3 +376,8 @@ def test_demo_recipe_runs_the_warm_restart_once_and_resumes(tmp_path, monkeypatc
         demo_recipe.STAGE_FILE).unlink()
     demo_recipe.train_demo(tmp_path, settings, progress=False)
     assert calls == [(101, 6, True)]
+
+    # A second restart continues from the last recorded stage.
+    calls.clear()
+    demo_recipe.train_demo(tmp_path, replace(settings, restarts=(2, 1)), progress=False)
+    assert calls == [(101, 8, True)]

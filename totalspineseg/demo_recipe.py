@@ -115,9 +115,16 @@ class DemoSettings:
     n_cases: int = 240
     seed: int = 0
     epochs: tuple[int, int] = (75, 60)  # step 1, step 2
-    # A warm restart after `epochs`: training goes on for this many more epochs, with the learning rate rising
-    # again and decaying over the new total: the landmark discs (step 1) and thin discs (step 2) still improve.
+    # Warm restarts after `epochs`: training goes on for `restart_epochs` more epochs, `restarts` times, the
+    # learning rate rising again each time and decaying over the new total. The landmark discs (step 1) and the
+    # thin discs (step 2) are still improving when a single schedule of this length ends.
     restart_epochs: tuple[int, int] = (35, 40)
+    restarts: tuple[int, int] = (1, 1)
+
+    def stages(self, step: int) -> tuple[int, ...]:
+        """Cumulative epoch totals of the training stages of step 1 or 2."""
+        first, extra, n = self.epochs[step - 1], self.restart_epochs[step - 1], self.restarts[step - 1]
+        return (first,) + tuple(first + extra * k for k in range(1, n + 1) if extra > 0)
     iterations_per_epoch: int = 50
     val_iterations_per_epoch: int = 2
     processes: int = 2
@@ -133,7 +140,7 @@ def train_demo(out_dir, settings: DemoSettings = DemoSettings(), device: str = "
     with _timed(timings, "phantoms"):
         if not _raw_done(dirs, settings.n_cases):
             build_datasets(dirs, settings.n_cases, settings.seed, settings.processes, progress)
-    for step, epochs, extra in zip((1, 2), settings.epochs, settings.restart_epochs):
+    for step in (1, 2):
         dataset_id = training.DATASET_IDS[step]
         with _timed(timings, f"plan_preprocess_{dataset_id}"):
             if not _preprocessed_done(dirs, dataset_id):
@@ -142,8 +149,8 @@ def train_demo(out_dir, settings: DemoSettings = DemoSettings(), device: str = "
             training.write_splits(dirs, dataset_id, VALIDATION_FOLDS, overwrite=True)
         with _timed(timings, f"train_{dataset_id}"):
             fold = dirs.model_folder(dataset_id, PLANS_NAME) / "fold_0"
-            for total in (epochs, epochs + extra) if extra else (epochs,):
-                if _epochs_done(fold, epochs) >= total:
+            for total in settings.stages(step):
+                if _epochs_done(fold, settings.epochs[step - 1]) >= total:
                     continue
                 run = TrainSettings(total, settings.iterations_per_epoch, settings.val_iterations_per_epoch,
                                     settings.seed, continue_training=True, save_every=5,

@@ -114,7 +114,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--epochs", type=int, nargs=2, default=list(d.epochs), metavar=("STEP1", "STEP2"),
                    help="epochs of the first training stage (default: %(default)s)")
     p.add_argument("--restart-epochs", type=int, nargs=2, default=list(d.restart_epochs), metavar=("STEP1", "STEP2"),
-                   help="epochs of a warm restart after the first stage, 0 for none (default: %(default)s)")
+                   help="epochs of each warm restart after the first stage, 0 for none (default: %(default)s)")
+    p.add_argument("--restarts", type=int, nargs=2, default=list(d.restarts), metavar=("STEP1", "STEP2"),
+                   help="number of warm restarts (default: %(default)s)")
     p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--processes", type=int, default=d.processes, help="worker processes for data preparation")
@@ -179,7 +181,7 @@ def _demo(args) -> int:
     from .. import demo_recipe
 
     settings = demo_recipe.DemoSettings(n_cases=args.cases, seed=args.seed, epochs=tuple(args.epochs),
-                                        restart_epochs=tuple(args.restart_epochs),
+                                        restart_epochs=tuple(args.restart_epochs), restarts=tuple(args.restarts),
                                         iterations_per_epoch=args.iterations_per_epoch, processes=args.processes,
                                         threads=args.threads)
     for path in demo_recipe.train_demo(args.out_dir, settings, args.device, args.bundle, progress=not args.quiet):
