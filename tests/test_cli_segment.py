@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from oracle import oracle_models
-from totalspineseg import labels as L
 from totalspineseg import metrics, phantom
 from totalspineseg.cli import segment as cli
 from totalspineseg.volume import save_nifti

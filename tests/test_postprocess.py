@@ -112,7 +112,7 @@ def test_levels_cli_without_canal_fails_clearly(tmp_path, capsys):
 
 def test_odd_disc_mask_orders_unnumbered_pieces_by_height():
     seg = np.zeros((10, 10, 60), np.uint8)
-    for i, z in enumerate((50, 40, 30, 20, 10)):
+    for z in (50, 40, 30, 20, 10):
         seg[2:8, 2:8, z : z + 3] = L.DISC_UNNUMBERED
     odd = postprocess.odd_disc_mask(seg)
     assert [bool(odd[5, 5, z + 1]) for z in (50, 40, 30, 20, 10)] == [True, False, True, False, True]

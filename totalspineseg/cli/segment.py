@@ -254,7 +254,7 @@ def process_all(args, models=None) -> int:
             failures.append((path, reason))
     print(f"totalspineseg: {done} done, {skipped} already complete, {len(failures)} failed, in {args.output}",
           file=sys.stderr)
-    for path, reason in failures:
+    for _, reason in failures:
         print(f"  FAILED {reason}", file=sys.stderr)
     return 1 if failures else 0
 
