@@ -119,7 +119,7 @@ class DemoSettings:
     # learning rate rising again each time and decaying over the new total. The landmark discs (step 1) and the
     # thin discs (step 2) are still improving when a single schedule of this length ends.
     restart_epochs: tuple[int, int] = (35, 40)
-    restarts: tuple[int, int] = (1, 1)
+    restarts: tuple[int, int] = (2, 2)
 
     def stages(self, step: int) -> tuple[int, ...]:
         """Cumulative epoch totals of the training stages of step 1 or 2."""
