@@ -40,7 +40,7 @@ run() {  # the locked-down container; extra engine options first, then "--" and 
 echo "== version"
 run -- --version
 echo "== example dataset"
-run --entrypoint totalspineseg-phantom -v "$work:/work" -- /work/ds --bids --participants 2 --localizer --seed 0
+run --entrypoint totalspineseg-phantom -v "$work:/scratch" -- /scratch/ds --bids --participants 2 --localizer --seed 0
 mounts=(-v "$work/ds:/data:ro" -v "$work/out:/out")
 app=()
 if [ "${WEIGHTS:-demo}" = oracle ]; then

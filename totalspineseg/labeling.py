@@ -254,7 +254,7 @@ def _landmark_anchors(
         in_comp = in_comp[np.isin(in_comp, landmark_classes)]
         if int(np.bincount(in_comp, minlength=max(landmark_classes) + 1).argmax()) != cls:
             continue
-        if int(np.sum(comp == target)) * params.min_landmark_fraction > int(np.sum(in_comp == cls)):
+        if discs.sizes[target - 1] * params.min_landmark_fraction > int(np.sum(in_comp == cls)):
             continue  # a few voxels of the class on an ordinary disc: the network is unsure
         index = target - 1
         name = L.FINAL[disc].short

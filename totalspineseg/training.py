@@ -75,28 +75,27 @@ def _region(*classes) -> list[int]:
     return [int(c) for c in classes]
 
 
-def dataset_labels(step: int) -> dict:
-    """The region-based ``labels`` entry of upstream's dataset_step1.json / dataset_step2.json."""
-    if step == 1:
-        s = L.Step1
-        return {
-            "background": 0,
-            "disc": _region(s.DISC, s.DISC_C2_C3, s.DISC_C7_T1, s.DISC_T12_L1, s.DISC_L5_S),
-            "disc_C2_C3": int(s.DISC_C2_C3), "disc_C7_T1": int(s.DISC_C7_T1),
-            "disc_T12_L1": int(s.DISC_T12_L1), "disc_L5_S": int(s.DISC_L5_S),
-            "vertebrae": _region(s.VERTEBRA, s.C1), "vertebrae_C1": int(s.C1),
-            "canal": _region(s.CANAL, s.CORD), "cord": int(s.CORD),
-        }
-    s = L.Step2
+def _disc_regions(s) -> dict:
+    """The disc entries, identical in both steps: all discs, then each landmark disc alone."""
     return {
-        "background": 0,
         "disc": _region(s.DISC, s.DISC_C2_C3, s.DISC_C7_T1, s.DISC_T12_L1, s.DISC_L5_S),
         "disc_C2_C3": int(s.DISC_C2_C3), "disc_C7_T1": int(s.DISC_C7_T1),
         "disc_T12_L1": int(s.DISC_T12_L1), "disc_L5_S": int(s.DISC_L5_S),
-        "vertebrae": _region(s.VERTEBRA, s.VERTEBRA_ODD, s.VERTEBRA_EVEN, s.SACRUM),
-        "vertebrae_O": int(s.VERTEBRA_ODD), "vertebrae_E": int(s.VERTEBRA_EVEN), "sacrum": int(s.SACRUM),
-        "canal": _region(s.CANAL, s.CORD), "cord": int(s.CORD),
     }
+
+
+def dataset_labels(step: int) -> dict:
+    """The region-based ``labels`` entry of upstream's dataset_step1.json / dataset_step2.json.
+
+    The key order is the region order of the network's outputs, so it must not change.
+    """
+    s = L.Step1 if step == 1 else L.Step2
+    if step == 1:
+        bone = {"vertebrae": _region(s.VERTEBRA, s.C1), "vertebrae_C1": int(s.C1)}
+    else:
+        bone = {"vertebrae": _region(s.VERTEBRA, s.VERTEBRA_ODD, s.VERTEBRA_EVEN, s.SACRUM),
+                "vertebrae_O": int(s.VERTEBRA_ODD), "vertebrae_E": int(s.VERTEBRA_EVEN), "sacrum": int(s.SACRUM)}
+    return {"background": 0, **_disc_regions(s), **bone, "canal": _region(s.CANAL, s.CORD), "cord": int(s.CORD)}
 
 
 def dataset_json(step: int, n_cases: int) -> dict:
