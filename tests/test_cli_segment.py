@@ -4,7 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from oracle import oracle_models
+from oracle import OracleModel, oracle_models
+from totalspineseg import labels as L
 from totalspineseg import metrics, phantom
 from totalspineseg.cli import segment as cli
 from totalspineseg.volume import save_nifti
@@ -121,3 +122,26 @@ def test_help_lists_every_upstream_option(capsys):
     for opt in ("--step1", "--iso", "--loc", "--suffix", "--loc-suffix", "--keep-only", "--data-dir", "--device",
                 "--max-workers", "--quiet", "--weights", "--keep-intermediate", "--version"):
         assert opt in text
+
+
+class _ThinningOracle(OracleModel):
+    """Step 2 misses one disc altogether, as a weak step-2 network does with thin discs."""
+
+    def __init__(self, truth, affine, dropped: int):
+        super().__init__(np.where(truth == dropped, 0, truth), affine, 2)
+
+
+def test_disc_completion_restores_a_disc_that_step2_missed(tmp_path, images, anatomy):
+    folder, truths = images
+    name, dropped = "sub-02_T2w", L.disc_below_vertebra(43)  # L3-L4 in the lumbar view
+    models = oracle_models(anatomy.labels, anatomy.affine)
+    models.step2 = _ThinningOracle(anatomy.labels, anatomy.affine, dropped)
+    truth = truths[name].labels
+    for flags, expect_disc in (([], True), (["--no-disc-completion"], False)):
+        out = tmp_path / ("default" if expect_disc else "upstream")
+        assert cli.main([str(folder / f"{name}.nii.gz"), str(out), "-q", *flags], models=models) == 0
+        pred = np.asarray(nib.load(out / "step2_output" / f"{name}.nii.gz").dataobj)
+        dice = metrics.dice_per_label(pred, truth, [dropped]).get(dropped, 0.0)
+        assert (dice > 0.9) if expect_disc else (dice == 0.0), (flags, dice)
+        rate, failures = metrics.identification_rate(pred, truth, min_voxels=30)
+        assert failures == ([] if expect_disc else [dropped])

@@ -116,3 +116,51 @@ def test_odd_disc_mask_orders_unnumbered_pieces_by_height():
         seg[2:8, 2:8, z : z + 3] = L.DISC_UNNUMBERED
     odd = postprocess.odd_disc_mask(seg)
     assert [bool(odd[5, 5, z + 1]) for z in (50, 40, 30, 20, 10)] == [True, False, True, False, True]
+
+
+C5, C6 = 15, 16
+DISC_C3_C4, DISC_C4_C5, DISC_C5_C6 = L.disc_below_vertebra(13), L.disc_below_vertebra(14), L.disc_below_vertebra(15)
+
+
+def _two_disc_spine():
+    """A column along axis 2: disc C4-C5 (z 10-13), vertebra C5 (14-25), disc C5-C6 (26-29), vertebra C6."""
+    step1 = np.zeros((6, 6, 40), np.uint8)
+    step1[1:5, 1:5, 10:14] = DISC_C4_C5
+    step1[1:5, 1:5, 26:30] = DISC_C5_C6
+    step2 = np.zeros_like(step1)
+    step2[1:5, 1:5, 14:26] = C5
+    step2[1:5, 1:5, 30:40] = C6
+    return step1, step2
+
+
+def test_complete_discs_fills_a_thinned_disc_under_the_step2_number():
+    step1, step2 = _two_disc_spine()
+    step2[2:4, 2:4, 11:13] = DISC_C4_C5  # thinned by step 2
+    step2[1:5, 1:5, 26:30] = DISC_C5_C6
+    step1[step1 == DISC_C4_C5] = DISC_C3_C4  # step 1 numbered it one level off: step 2's number wins
+    out = postprocess.complete_discs(step2, step1)
+    assert (out[1:5, 1:5, 10:14] == DISC_C4_C5).all()
+    assert (out[step2 > 0] == step2[step2 > 0]).all()  # nothing step 2 labelled is taken
+    assert not (out == DISC_C3_C4).any()
+
+
+def test_complete_discs_never_takes_bone_and_adds_missed_discs_only_under_unused_labels():
+    step1, step2 = _two_disc_spine()
+    step1[1:5, 1:5, 14] = DISC_C4_C5  # step 1 overreaches into C5: step 2 keeps its bone
+    step2[1:5, 1:5, 26:30] = DISC_C5_C6
+    out = postprocess.complete_discs(step2, step1)
+    assert (out[1:5, 1:5, 10:14] == DISC_C4_C5).all()  # missed by step 2, label unused: added
+    assert (out[1:5, 1:5, 14] == C5).all()
+    step2[0, 0, 0] = DISC_C4_C5  # the label is used elsewhere by step 2: not added
+    out = postprocess.complete_discs(step2, step1)
+    assert not (out[1:5, 1:5, 10:14] == DISC_C4_C5).any()
+
+
+def test_complete_discs_skips_a_step1_disc_that_spans_two_step2_discs():
+    step1, step2 = _two_disc_spine()
+    step1[1:5, 1:5, 10:30] = np.where(step1[1:5, 1:5, 10:30] > 0, DISC_C4_C5, 0)  # one label on both discs
+    step2[2:4, 2:4, 11:13] = DISC_C4_C5
+    step2[2:4, 2:4, 27:29] = DISC_C5_C6
+    out = postprocess.complete_discs(step2, step1)
+    np.testing.assert_array_equal(out, step2)
+    assert postprocess.complete_discs(step2, np.zeros_like(step1)) is step2

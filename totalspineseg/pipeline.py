@@ -21,7 +21,7 @@ from . import labels as L
 from . import volume
 from .errors import LabelingError
 from .labeling import LabelingParams, LabelingResult, Localizer, label_step1, label_step2
-from .postprocess import disc_level_points, mask_soft, odd_disc_mask
+from .postprocess import complete_discs, disc_level_points, mask_soft, odd_disc_mask
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class PipelineOptions:
     soft_maps: bool = True
     levels: bool = True
     native: bool = True  # resample outputs back to the input grid (False with --iso)
+    complete_discs: bool = True  # fill step-2 discs with step-1 disc voxels step 2 left empty (postprocess)
     labeling: LabelingParams = field(default_factory=LabelingParams)
     progress: bool = False
 
@@ -188,7 +189,8 @@ def segment(image, models: Models, localizer=None, options: PipelineOptions = Pi
             del channels
         with timer.stage("step2_labeling"):
             res2 = label_step2(step2_raw, crop_affine, loc, options.labeling, step1=Localizer(res1.seg, iso_affine))
-            step2_iso = volume.paste(res2.seg, slices, iso_grid.shape)
+            seg2 = complete_discs(res2.seg, res1.seg[slices]) if options.complete_discs else res2.seg
+            step2_iso = volume.paste(seg2, slices, iso_grid.shape)
             warnings += [f"step 2: {w}" for w in res2.warnings]
 
     iso_out = Outputs(iso_grid, res1.seg, step2_iso, cord, canal, levels)

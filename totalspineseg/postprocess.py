@@ -240,3 +240,41 @@ def disc_level_points(
                     levels[q] = level
                     points[level] = q
     return levels, points
+
+
+def complete_discs(step2: np.ndarray, step1: np.ndarray, min_share: float = 0.8) -> np.ndarray:
+    """The final labels `step2` with each disc completed by the step-1 disc voxels that step 2 left empty.
+
+    Both arrays hold final label values on the same grid. Step 1 sees the discs as a class of their own and
+    segments thin ones more fully than step 2, which splits its attention with the odd/even vertebrae; a disc
+    that step 2 thins out or drops is otherwise lost to the output. Voxels step 2 gives to any structure are
+    never taken. Each step-1 disc adds its voxels under the step-2 disc label it overlaps, when at least
+    `min_share` of that overlap has one label (so the numbering stays step 2's); a step-1 disc that step 2
+    missed altogether adds them under its own label, if step 2 does not use that label elsewhere.
+    """
+    discs = np.asarray(L.DISCS_POSSIBLE + (L.DISC_UNNUMBERED,))
+    in_step1 = np.isin(step1, discs)
+    if not in_step1.any():
+        return step2
+    out = step2.copy()
+    s1, s2 = step1[in_step1].astype(np.int64), step2[in_step1].astype(np.int64)
+    empty = s2 == 0
+    step2_discs = np.isin(s2, discs)
+    used = set(int(v) for v in np.unique(step2) if v in set(discs.tolist()))
+    fill = np.zeros_like(s1)
+    for d1 in np.unique(s1):
+        own = s1 == d1
+        overlap = s2[own & step2_discs]
+        if overlap.size:
+            values, counts = np.unique(overlap, return_counts=True)
+            if counts.max() < min_share * overlap.size:
+                continue
+            target = int(values[counts.argmax()])
+        elif int(d1) not in used:
+            target = int(d1)
+        else:
+            continue
+        fill[own & empty] = target
+    s2[fill > 0] = fill[fill > 0]
+    out[in_step1] = s2.astype(out.dtype)
+    return out

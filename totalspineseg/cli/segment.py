@@ -75,6 +75,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-workers", "-w", type=int, default=None, metavar="N",
                    help="CPU threads for the networks (default: SLURM/OMP settings, else all allowed CPUs)."
                         " Images run one after the other in one process: no worker pools")
+    p.add_argument("--no-disc-completion", action="store_true",
+                   help="keep step 2's discs exactly as its network gave them (upstream behaviour); by default the "
+                        "step-1 disc voxels that step 2 left empty are added to the step-2 disc they belong to")
     p.add_argument("--keep-intermediate", action="store_true",
                    help="also write step1_raw/, step2_raw/, step2_input/ and input/")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
@@ -161,6 +164,7 @@ class Plan:
             soft_maps=self.wants("step1_cord") or self.wants("step1_canal"),
             levels=self.wants("step1_levels") or self.wants("preview"),
             native=not args.iso,
+            complete_discs=not args.no_disc_completion,
             progress=False,
         )
 
