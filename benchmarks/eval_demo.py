@@ -6,7 +6,7 @@
 * With --real: the public real scans of ../shared/data/real, reported only (the demo model has never seen real
   anatomy).
 
-    .venv/bin/python benchmarks/eval_demo.py [--weights demo] [--real] [--json benchmarks/_out/eval_demo.json]
+    .venv/bin/python benchmarks/eval_demo.py [--weights demo] [--real] [--no-disc-completion] [--json FILE]
 
 Prints Markdown tables to paste into benchmarks/RESULTS.md.
 """
@@ -74,10 +74,10 @@ def per_kind_dice(scores: list[demo_recipe.CaseScore]) -> dict[str, float]:
     return {kind: float(np.mean(v)) for kind, v in sorted(groups.items())}
 
 
-def run_phantoms(models: Models) -> tuple[list[demo_recipe.CaseScore], dict]:
+def run_phantoms(models: Models, options: PipelineOptions) -> tuple[list[demo_recipe.CaseScore], dict]:
     scores = []
     for spec in demo_recipe.HELD_OUT:
-        scores.append(demo_recipe.evaluate(spec, models))
+        scores.append(demo_recipe.evaluate(spec, models, options))
         s = scores[-1]
         print(f"  {spec.name}: {s.identification_rate:.1%} identified, Dice {s.mean_dice:.3f}, {s.seconds:.1f} s",
               file=sys.stderr, flush=True)
@@ -143,13 +143,16 @@ def main() -> int:
     p.add_argument("--real", action="store_true", help=f"also run the real scans in {REAL}")
     p.add_argument("--skip-phantoms", action="store_true")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-disc-completion", action="store_true",
+                   help="score step 2's discs as its network gave them (upstream behaviour)")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "_out" / "eval_demo.json")
     args = p.parse_args()
 
     models = Models.load(weights.resolve_model(args.weights), device="cpu", threads=args.threads)
-    report: dict = {"weights": args.weights}
+    report: dict = {"weights": args.weights, "disc_completion": not args.no_disc_completion}
     if not args.skip_phantoms:
-        scores, summary = run_phantoms(models)
+        options = PipelineOptions(progress=False, complete_discs=not args.no_disc_completion)
+        scores, summary = run_phantoms(models, options)
         summary["dice_by_kind"] = per_kind_dice(scores)
         report["phantoms"] = {"summary": summary, "cases": [
             {"case": s.spec.name, "identification_rate": s.identification_rate, "not_identified": s.not_identified,

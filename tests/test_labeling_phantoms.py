@@ -293,3 +293,30 @@ def test_a_landmark_class_on_a_sliver_of_a_disc_does_not_anchor():
     result = label_step1(classes, ph.affine)
     truth, kinds = _truth_for("step1", ph.labels)
     assert metrics.identification_rate(result.seg, truth, kinds=kinds, min_voxels=20)[1] == []
+
+
+@pytest.mark.parametrize("step", ["step1", "step2"])
+def test_l6_found_when_t12l1_is_marked_with_the_wrong_landmark_class(step):
+    """An unsure network fires every landmark head on T12-L1 and nnU-Net's region order writes L5-S there.
+
+    The disc is still known to be a landmark: with L5-S and the sacrum at the bottom, only the sequence with an
+    L6 puts a landmark disc where it is, so the L6 spine is numbered right instead of one level off.
+    """
+    from totalspineseg.labeling import label_step1, label_step2
+
+    ph = _phantom(5, "lumbar", "RAS", (1.0, 1.0, 1.0), extra_lumbar=True)
+    classes = L.final_to_step1(ph.labels) if step == "step1" else L.final_to_step2(ph.labels)
+    t12l1 = ph.labels == L.DISC_T12_L1
+    classes[t12l1] = classes[ph.labels == L.DISC_L5_S][0]  # the L5-S class, on T12-L1
+    result = (label_step1 if step == "step1" else label_step2)(classes, ph.affine)
+    truth, kinds = _truth_for(step, ph.labels)
+    assert metrics.identification_rate(result.seg, truth, kinds=kinds, min_voxels=20)[1] == []
+
+
+def test_an_unnamed_landmark_cannot_choose_a_numbering_alone():
+    """Discs marked only "some landmark" (here every landmark class on both) give no numbering by themselves."""
+    from totalspineseg.labeling import ANY_LANDMARK, Anchor, choose_numbering
+
+    anchors = [Anchor(2, ANY_LANDMARK, 1.0, "landmark"), Anchor(8, ANY_LANDMARK, 1.0, "landmark")]
+    seq, off, agree, reject = choose_numbering(anchors, np.arange(10))
+    assert agree == [] and reject == anchors

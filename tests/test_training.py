@@ -295,7 +295,6 @@ def test_full_training_path_on_tiny_data(tmp_path):
              "--iterations-per-epoch", "2", "--val-iterations", "1", "--device", "cpu", "--processes", "1",
              cwd=tmp_path)
     _cli("export", str(nnunet / "results"), str(tmp_path / "exports"), "--release", "ci", cwd=tmp_path)
-    _check_preprocess_missing(training.NnUNetDirs(nnunet))
 
     paths = weights.install(tmp_path / "exports", tmp_path / "weights", "ci")
     assert paths.step1.name == "nnUNetTrainer__nnUNetPlansTiny__3d_fullres"
@@ -305,35 +304,6 @@ def test_full_training_path_on_tiny_data(tmp_path):
     prediction = model.predict(image[None], affine=affine)
     assert prediction.labels.shape == image.shape
     assert set(np.unique(prediction.labels)) <= set(range(10))
-
-
-def _check_preprocess_missing(dirs: training.NnUNetDirs) -> None:
-    """A case added after planning is preprocessed with the same plans, and only that case."""
-    import blosc2
-
-    raw = dirs.raw / training.DATASET_NAMES[101]
-    first = sorted((raw / "labelsTr").glob("*.nii.gz"))[0].name[: -len(".nii.gz")]
-    for sub, suffix in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")):
-        (raw / sub / f"zz_added{suffix}").write_bytes((raw / sub / f"{first}{suffix}").read_bytes())
-    training.finish_dataset(dirs.raw, 1)
-    assert training.preprocess_missing(dirs, 101, "nnUNetPlansTiny") == ["zz_added"]
-    assert training.preprocess_missing(dirs, 101, "nnUNetPlansTiny") == []
-    folder = dirs.preprocessed / training.DATASET_NAMES[101] / "nnUNetPlansTiny_3d_fullres"
-    for suffix in (".b2nd", "_seg.b2nd"):
-        np.testing.assert_array_equal(blosc2.open(str(folder / f"zz_added{suffix}"))[:],
-                                      blosc2.open(str(folder / f"{first}{suffix}"))[:])
-
-
-def test_write_splits_adds_extra_cases_to_training_only(tmp_path):
-    dirs = training.NnUNetDirs(tmp_path)
-    (dirs.preprocessed / training.DATASET_NAMES[102]).mkdir(parents=True)
-    main = [f"demo{i}{s}" for i in range(10) for s in ("", "_o2e")]
-    extra = ["focus1", "focus1_o2e", "focus0"]
-    path = training.write_splits(dirs, 102, n_folds=5, identifiers=main, extra_train=extra)
-    splits = json.loads(path.read_text())
-    assert splits == [dict(s, train=s["train"] + sorted(extra)) for s in training.grouped_splits(main, 5)]
-    for split in splits:
-        assert not set(extra) & set(split["val"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,92 +343,41 @@ def test_demo_model_never_chosen_silently(tmp_path, monkeypatch):
         weights.resolve_model("official")
 
 
-def _fake_recipe(monkeypatch, tmp_path) -> list:
-    """Stub out rendering, preprocessing and nnU-Net: record (dataset, epochs, trained on focus cases)."""
-    from totalspineseg import demo_recipe, training
-
-    calls, rendered = [], []
-
-    def fake_train(dirs, dataset_id, plans_name, device, settings, threads):
-        splits = json.loads((dirs.preprocessed / training.DATASET_NAMES[dataset_id] / "splits_final.json").read_text())
-        focus = any(i.startswith(demo_recipe.FOCUS_PREFIX) for i in splits[0]["train"])
-        calls.append((dataset_id, settings.epochs, settings.continue_training, focus))
-        fold = dirs.model_folder(dataset_id, plans_name) / "fold_0"
-        fold.mkdir(parents=True, exist_ok=True)
-        (fold / "checkpoint_final.pth").write_bytes(b"x")
-
-    def fake_build(dirs, specs, prefix, processes, progress):
-        rendered.append((prefix, len(specs)))
-        for step in (1, 2):
-            labels = dirs.raw / training.DATASET_NAMES[training.DATASET_IDS[step]] / "labelsTr"
-            labels.mkdir(parents=True, exist_ok=True)
-            for i in range(len(specs)):
-                for suffix in ("", "_o2e")[:step]:
-                    (labels / f"{prefix}{i:04d}{suffix}.nii.gz").write_bytes(b"")
-            (labels.parent / "dataset.json").write_text("{}")
-            (dirs.preprocessed / training.DATASET_NAMES[training.DATASET_IDS[step]]).mkdir(parents=True,
-                                                                                          exist_ok=True)
-
-    monkeypatch.setattr(demo_recipe, "build_datasets", fake_build)
-    monkeypatch.setattr(demo_recipe, "_preprocessed_done", lambda *a: True)
-    monkeypatch.setattr(training, "preprocess_missing", lambda *a, **k: [])
-    monkeypatch.setattr(training, "train", fake_train)
-    monkeypatch.setattr(training, "export_release", lambda *a, **k: [])
-    return calls, rendered
-
-
 def test_demo_recipe_runs_the_warm_restart_once_and_resumes(tmp_path, monkeypatch):
     """Stage bookkeeping of the recipe: first stage, then the restart; finished stages are never rerun."""
     from totalspineseg import demo_recipe, training
 
-    calls, rendered = _fake_recipe(monkeypatch, tmp_path)
-    settings = demo_recipe.DemoSettings(n_cases=3, epochs=(4, 3), restart_epochs=(2, 0), restarts=(1, 3),
-                                        focus_cases=0)
+    calls = []
+
+    def fake_train(dirs, dataset_id, plans_name, device, settings, threads):
+        calls.append((dataset_id, settings.epochs, settings.continue_training))
+        fold = dirs.model_folder(dataset_id, plans_name) / "fold_0"
+        fold.mkdir(parents=True, exist_ok=True)
+        (fold / "checkpoint_final.pth").write_bytes(b"x")
+
+    monkeypatch.setattr(demo_recipe, "_raw_done", lambda dirs, n: True)
+    monkeypatch.setattr(demo_recipe, "_preprocessed_done", lambda dirs, i: True)
+    monkeypatch.setattr(training, "write_splits", lambda *a, **k: None)
+    monkeypatch.setattr(training, "train", fake_train)
+    monkeypatch.setattr(training, "export_release", lambda *a, **k: [])
+    settings = demo_recipe.DemoSettings(epochs=(4, 3), restart_epochs=(2, 0), restarts=(1, 3))
     assert settings.stages(1) == (4, 6) and settings.stages(2) == (3,)
 
     demo_recipe.train_demo(tmp_path, settings, progress=False)
-    assert calls == [(101, 4, True, False), (101, 6, True, False), (102, 3, True, False)]
-    assert rendered == [("demo", 3)]
+    assert calls == [(101, 4, True), (101, 6, True), (102, 3, True)]
 
     calls.clear()
     demo_recipe.train_demo(tmp_path, settings, progress=False)
     assert calls == []  # everything done
-    assert rendered == [("demo", 3)]
 
     # A bundle trained before restarts existed (checkpoint_final, no stage record) gets only the restart.
     (tmp_path / "nnUNet" / "results").joinpath(
         training.DATASET_NAMES[101], f"nnUNetTrainer__{demo_recipe.PLANS_NAME}__3d_fullres", "fold_0",
         demo_recipe.STAGE_FILE).unlink()
     demo_recipe.train_demo(tmp_path, settings, progress=False)
-    assert calls == [(101, 6, True, False)]
+    assert calls == [(101, 6, True)]
 
     # A second restart continues from the last recorded stage.
     calls.clear()
     demo_recipe.train_demo(tmp_path, replace(settings, restarts=(2, 1)), progress=False)
-    assert calls == [(101, 8, True, False)]
-
-
-def test_demo_recipe_adds_the_focus_cases_for_the_last_stage_only(tmp_path, monkeypatch):
-    from totalspineseg import demo_recipe
-
-    calls, rendered = _fake_recipe(monkeypatch, tmp_path)
-    settings = demo_recipe.DemoSettings(n_cases=3, epochs=(4, 3), restart_epochs=(2, 0), restarts=(1, 0),
-                                        focus_cases=2, focus_epochs=(3, 0))
-    assert settings.stages(1) == (4, 6, 9) and settings.stages(2) == (3,)
-    demo_recipe.train_demo(tmp_path, settings, progress=False)
-    assert calls == [(101, 4, True, False), (101, 6, True, False), (101, 9, True, True), (102, 3, True, False)]
-    assert rendered == [("demo", 3), ("focus", 2)]
-    calls.clear()
-    demo_recipe.train_demo(tmp_path, settings, progress=False)
-    assert calls == [] and rendered == [("demo", 3), ("focus", 2)]
-
-
-def test_focus_phantoms_are_lower_spines_half_with_an_l6():
-    from totalspineseg import demo_recipe
-
-    specs = [demo_recipe.draw_focus_spec(0, i) for i in range(200)]
-    assert specs == [demo_recipe.draw_focus_spec(0, i) for i in range(200)]
-    assert {s.fov for s in specs} == {"lumbar", "thoracolumbar", "whole"}
-    assert 0.4 < np.mean([s.extra_lumbar for s in specs]) < 0.6
-    assert all(s.seed < demo_recipe.HELD_OUT_SEED_BASE and not s.localizer for s in specs)
-    assert {s.contrast for s in specs} == set(phantom.CONTRASTS)
+    assert calls == [(101, 8, True)]

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -80,70 +80,34 @@ def draw_spec(seed: int, index: int) -> PhantomSpec:
     extra_lumbar = bool(rng.random() < 0.1)
     if rng.random() < 0.08:
         return PhantomSpec(person, contrast=contrast, extra_lumbar=extra_lumbar, localizer=True)
-    return _draw_view(rng, PhantomSpec(person, contrast=contrast, extra_lumbar=extra_lumbar), _FOV_WEIGHTS, 1.5, 0.35)
-
-
-def _draw_view(rng, spec: PhantomSpec, fov_weights: dict, max_in_plane: float, iso_share: float) -> PhantomSpec:
-    """`spec` with a random field of view, orientation code, voxel shape and tilt."""
-    fov = str(rng.choice(list(fov_weights), p=list(fov_weights.values())))
+    fov = str(rng.choice(list(_FOV_WEIGHTS), p=list(_FOV_WEIGHTS.values())))
     orientation = _ORIENTATIONS[int(rng.integers(len(_ORIENTATIONS)))]
-    in_plane = round(float(rng.uniform(0.8, max_in_plane)), 2)
-    thick = in_plane if rng.random() < iso_share else round(float(rng.uniform(2.0, 4.5)), 2)
+    in_plane = round(float(rng.uniform(0.8, 1.5)), 2)
+    thick = in_plane if rng.random() < 0.35 else round(float(rng.uniform(2.0, 4.5)), 2)
     oblique = round(float(rng.uniform(-6, 6)), 1) if rng.random() < 0.5 else 0.0
-    return replace(spec, fov=fov, orientation=orientation, voxel=(in_plane, in_plane, thick), oblique=oblique)
+    return PhantomSpec(person, fov, orientation, (in_plane, in_plane, thick), contrast, extra_lumbar, oblique)
 
 
-#: Fields of view of the focus set: the ones where T12-L1 and the sacrum are in view together.
-_FOCUS_FOV_WEIGHTS = {"lumbar": 0.5, "thoracolumbar": 0.3, "whole": 0.2}
-
-
-def draw_focus_spec(seed: int, index: int) -> PhantomSpec:
-    """Focus image `index`: a lower spine, with an L6 one time in two.
-
-    With an L6 in one spine in ten, counting up from the sacrum names T12-L1 right nine times in ten, and a short
-    training learns that shortcut instead of the thoracic and lumbar shapes; the L6 case is then one level off
-    everywhere. The focus set breaks the shortcut in a last fine-tuning stage.
-    """
-    rng = np.random.default_rng([seed, 1, index])
-    person = int(rng.integers(0, HELD_OUT_SEED_BASE))
-    contrast = str(rng.choice(phantom.CONTRASTS))
-    extra_lumbar = bool(rng.random() < 0.5)
-    return _draw_view(rng, PhantomSpec(person, contrast=contrast, extra_lumbar=extra_lumbar), _FOCUS_FOV_WEIGHTS,
-                      1.6, 0.5)
-
-
-MAIN_PREFIX, FOCUS_PREFIX = "demo", "focus"
-
-
-def _write_phantom(raw_dir: Path, name: str, spec: PhantomSpec) -> str:
+def _write_phantom(raw_dir: Path, index: int, spec: PhantomSpec) -> str:
     ph = spec.render()
     case = training.to_network_grid(volume.Volume(ph.image, ph.affine), volume.Volume(ph.labels, ph.affine), SPACING)
+    name = f"demo{index:04d}_{spec.name}"
     training.write_case(raw_dir, (1, 2), name, case)
     return name
 
 
-def _case_name(prefix: str, index: int, spec: PhantomSpec) -> str:
-    return f"{prefix}{index:04d}_{spec.name}"
-
-
-def build_datasets(dirs: NnUNetDirs, specs: list[PhantomSpec], prefix: str = MAIN_PREFIX, processes: int = 2,
-                   progress: bool = True) -> None:
-    """Render phantoms straight into both nnU-Net raw datasets (in `processes` worker processes).
-
-    The main set (`prefix` "demo") starts both datasets afresh; another set is added beside it.
-    """
-    if prefix == MAIN_PREFIX:
-        for step in (1, 2):
-            training.create_dataset(dirs.raw, step, overwrite=True)
-    names = [_case_name(prefix, i, spec) for i, spec in enumerate(specs)]
+def build_datasets(dirs: NnUNetDirs, n_cases: int, seed: int, processes: int = 2, progress: bool = True) -> None:
+    """Render the training phantoms straight into both nnU-Net raw datasets (in `processes` worker processes)."""
+    specs = [draw_spec(seed, i) for i in range(n_cases)]
+    for step in (1, 2):
+        training.create_dataset(dirs.raw, step, overwrite=True)
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
-        jobs = pool.map(_write_phantom, itertools.repeat(dirs.raw), names, specs, chunksize=4)
-        for _ in tqdm(jobs, total=len(specs), desc=f"Rendering {prefix} phantoms", unit="case",
-                      disable=not progress):
+        jobs = pool.map(_write_phantom, itertools.repeat(dirs.raw), range(len(specs)), specs, chunksize=4)
+        for _ in tqdm(jobs, total=len(specs), desc="Rendering phantoms", unit="case", disable=not progress):
             pass
     for step in (1, 2):
         training.finish_dataset(dirs.raw, step)
-    (dirs.raw / f"{prefix}_cases.json").write_text(json.dumps([asdict(s) for s in specs], indent=1))
+    (dirs.raw / "demo_cases.json").write_text(json.dumps([asdict(s) for s in specs], indent=1))
 
 
 @dataclass(frozen=True)
@@ -156,67 +120,43 @@ class DemoSettings:
     # thin discs (step 2) are still improving when a single schedule of this length ends.
     restart_epochs: tuple[int, int] = (35, 40)
     restarts: tuple[int, int] = (2, 2)
-    # A last warm restart of `focus_epochs` on the main cases plus `focus_cases` lower spines, half with an L6
-    # (see draw_focus_spec). 0 epochs: no focus stage for that step.
-    focus_cases: int = 80
-    focus_epochs: tuple[int, int] = (0, 0)
+
+    def stages(self, step: int) -> tuple[int, ...]:
+        """Cumulative epoch totals of the training stages of step 1 or 2."""
+        first, extra, n = self.epochs[step - 1], self.restart_epochs[step - 1], self.restarts[step - 1]
+        return (first,) + tuple(first + extra * k for k in range(1, n + 1) if extra > 0)
     iterations_per_epoch: int = 50
     val_iterations_per_epoch: int = 2
     processes: int = 2
     threads: int | None = None  # CPU training threads; None = all allowed CPUs
 
-    def stages(self, step: int) -> tuple[int, ...]:
-        """Cumulative epoch totals of the training stages of step 1 or 2 (the focus stage last, if any)."""
-        first, extra, n = self.epochs[step - 1], self.restart_epochs[step - 1], self.restarts[step - 1]
-        totals = (first,) + tuple(first + extra * k for k in range(1, n + 1) if extra > 0)
-        focus = self.focus_epochs[step - 1] if self.focus_cases > 0 else 0
-        return totals + ((totals[-1] + focus,) if focus > 0 else ())
-
-    def is_focus_stage(self, step: int, total: int) -> bool:
-        stages = self.stages(step)
-        return self.focus_cases > 0 and self.focus_epochs[step - 1] > 0 and total == stages[-1] and len(stages) > 1
-
 
 def train_demo(out_dir, settings: DemoSettings = DemoSettings(), device: str = "auto", bundle: Path | None = None,
                progress: bool = True) -> list[Path]:
-    """Run the whole recipe into `out_dir`; returns the release zips (and unpacks them into `bundle` if given).
-
-    Order: main phantoms, plans and preprocessing (from the main phantoms only), the main stages; then the focus
-    phantoms, their preprocessing with the same plans, and the focus stage. Every part is skipped when done.
-    """
+    """Run the whole recipe into `out_dir`; returns the release zips (and unpacks them into `bundle` if given)."""
     out_dir = Path(out_dir)
     dirs = NnUNetDirs(out_dir / "nnUNet")
     timings: dict[str, float] = {}
     with _timed(timings, "phantoms"):
-        if not _rendered(dirs, MAIN_PREFIX, settings.n_cases):
-            build_datasets(dirs, [draw_spec(settings.seed, i) for i in range(settings.n_cases)], MAIN_PREFIX,
-                           settings.processes, progress)
+        if not _raw_done(dirs, settings.n_cases):
+            build_datasets(dirs, settings.n_cases, settings.seed, settings.processes, progress)
     for step in (1, 2):
         dataset_id = training.DATASET_IDS[step]
         with _timed(timings, f"plan_preprocess_{dataset_id}"):
-            if not _preprocessed_done(dirs, dataset_id, MAIN_PREFIX):
-                _only_main_cases(dirs)
+            if not _preprocessed_done(dirs, dataset_id):
                 training.plan_and_preprocess(dirs, dataset_id, PLANNER, PLANS_NAME, override=PLANS_OVERRIDE,
                                              processes=settings.processes)
-        fold = dirs.model_folder(dataset_id, PLANS_NAME) / "fold_0"
-        for total in settings.stages(step):
-            if _epochs_done(fold, settings.epochs[step - 1]) >= total:
-                continue
-            focus = settings.is_focus_stage(step, total)
-            if focus:
-                with _timed(timings, "focus_phantoms"):
-                    if not _rendered(dirs, FOCUS_PREFIX, settings.focus_cases):
-                        specs = [draw_focus_spec(settings.seed, i) for i in range(settings.focus_cases)]
-                        build_datasets(dirs, specs, FOCUS_PREFIX, settings.processes, progress)
-                with _timed(timings, f"preprocess_focus_{dataset_id}"):
-                    training.preprocess_missing(dirs, dataset_id, PLANS_NAME, processes=settings.processes)
-            _write_stage_splits(dirs, dataset_id, focus)
-            with _timed(timings, f"train_{dataset_id}_{total}"):
+            training.write_splits(dirs, dataset_id, VALIDATION_FOLDS, overwrite=True)
+        with _timed(timings, f"train_{dataset_id}"):
+            fold = dirs.model_folder(dataset_id, PLANS_NAME) / "fold_0"
+            for total in settings.stages(step):
+                if _epochs_done(fold, settings.epochs[step - 1]) >= total:
+                    continue
                 run = TrainSettings(total, settings.iterations_per_epoch, settings.val_iterations_per_epoch,
                                     settings.seed, continue_training=True, save_every=5,
                                     oversample_foreground=OVERSAMPLE_FOREGROUND)
                 training.train(dirs, dataset_id, PLANS_NAME, device=device, settings=run, threads=settings.threads)
-            (fold / STAGE_FILE).write_text(json.dumps({"epochs": total}))
+                (fold / STAGE_FILE).write_text(json.dumps({"epochs": total}))
     zips = training.export_release(dirs.results, out_dir / "exports", RELEASE)
     if bundle is not None:
         training.unpack_release(zips, Path(bundle))
@@ -224,25 +164,6 @@ def train_demo(out_dir, settings: DemoSettings = DemoSettings(), device: str = "
     for stage, seconds in timings.items():
         log.info("%-22s %7.1f s", stage, seconds)
     return zips
-
-
-def _write_stage_splits(dirs: NnUNetDirs, dataset_id: int, focus: bool) -> None:
-    """Fold 0 of the main cases; the focus stage also trains on every focus case (validation is unchanged)."""
-    labels = dirs.raw / training.DATASET_NAMES[dataset_id] / "labelsTr"
-    identifiers = [p.name[: -len(training.FILE_ENDING)] for p in labels.glob(f"*{training.FILE_ENDING}")]
-    main = [i for i in identifiers if i.startswith(MAIN_PREFIX)]
-    extra = sorted(i for i in identifiers if i.startswith(FOCUS_PREFIX)) if focus else []
-    training.write_splits(dirs, dataset_id, VALIDATION_FOLDS, overwrite=True, identifiers=main, extra_train=extra)
-
-
-def _only_main_cases(dirs: NnUNetDirs) -> None:
-    """Plans come from the main phantoms only: focus cases rendered by an earlier run are set aside until needed."""
-    for step in (1, 2):
-        folder = dirs.raw / training.DATASET_NAMES[training.DATASET_IDS[step]]
-        for sub in ("imagesTr", "labelsTr"):
-            for path in (folder / sub).glob(f"{FOCUS_PREFIX}*"):
-                path.unlink()
-        training.finish_dataset(dirs.raw, step)
 
 
 STAGE_FILE = "demo_stage.json"
@@ -267,27 +188,22 @@ class _timed:
         self.timings[self.name] = round(time.perf_counter() - self.start, 1)
 
 
-def _rendered(dirs: NnUNetDirs, prefix: str, n_cases: int) -> bool:
-    """All `n_cases` phantoms of one set are in both raw datasets (step 2 holds two copies of each)."""
-    for step, copies in ((1, 1), (2, 2)):
-        folder = dirs.raw / training.DATASET_NAMES[training.DATASET_IDS[step]]
-        if not (folder / "dataset.json").is_file():
-            return False
-        if len(list((folder / "labelsTr").glob(f"{prefix}*{training.FILE_ENDING}"))) != copies * n_cases:
+def _raw_done(dirs: NnUNetDirs, n_cases: int) -> bool:
+    for step, factor in ((1, 1), (2, 2)):
+        path = dirs.raw / training.DATASET_NAMES[training.DATASET_IDS[step]] / "dataset.json"
+        if not path.is_file() or json.loads(path.read_text())["numTraining"] != factor * n_cases:
             return False
     return True
 
 
-def _preprocessed_done(dirs: NnUNetDirs, dataset_id: int, prefix: str = MAIN_PREFIX) -> bool:
+def _preprocessed_done(dirs: NnUNetDirs, dataset_id: int) -> bool:
     folder = dirs.preprocessed / training.DATASET_NAMES[dataset_id]
     plans = folder / f"{PLANS_NAME}.json"
     if not plans.is_file():
         return False
     identifier = json.loads(plans.read_text())["configurations"][training.CONFIGURATION]["data_identifier"]
-    labels = dirs.raw / training.DATASET_NAMES[dataset_id] / "labelsTr"
-    wanted = {p.name[: -len(training.FILE_ENDING)] for p in labels.glob(f"{prefix}*{training.FILE_ENDING}")}
-    have = {p.stem for p in (folder / identifier).glob(f"{prefix}*.pkl")} if (folder / identifier).is_dir() else set()
-    return bool(wanted) and wanted <= have
+    n_raw = len(list((dirs.raw / training.DATASET_NAMES[dataset_id] / "labelsTr").glob("*.nii.gz")))
+    return (folder / identifier).is_dir() and len(list((folder / identifier).glob("*.pkl"))) == n_raw
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ class LabelingParams:
     gap_ratio: float = 1.6  # spacing this many times the local spacing means a missing disc
     landmark_weight_terminal: float = 2.0  # C2-C3 and L5-S
     landmark_weight_inner: float = 1.0  # C7-T1 and T12-L1
+    # A disc covered by landmark classes whose own class lost to another disc: it is one of the four landmark
+    # discs, which one unknown. An unsure network fires several landmark heads on one disc, and nnU-Net's
+    # region order then writes the last one (L5-S) over T12-L1.
+    landmark_weight_any: float = 1.0
     localizer_min_fraction: float = 0.2  # share of a disc that a localizer label must cover
     bone_anchor_max_gap: float = 30.0  # mm between C1's bottom / the sacrum's top and the disc they anchor
     # An adult L5-S disc holds 10-20 cm3 and a C2-C3 disc about 1 cm3: an anchor on a disc of the wrong
@@ -74,6 +78,10 @@ class Anchor:
     label: int
     weight: float
     source: str  # "landmark", "localizer", "C1", "sacrum" or "step1"
+
+
+#: Anchor label of a disc that is one of the landmark discs, which one unknown.
+ANY_LANDMARK = 0
 
 
 @dataclass
@@ -269,7 +277,17 @@ def _landmark_anchors(
         terminal = disc in (L.DISC_C2_C3, L.DISC_L5_S)
         weight = params.landmark_weight_terminal if terminal else params.landmark_weight_inner
         anchors.append(Anchor(index, disc, weight, "landmark"))
-    return anchors
+    return anchors + _unnamed_landmark_anchors(classes, discs, params, {a.component for a in anchors})
+
+
+def _unnamed_landmark_anchors(classes: np.ndarray, discs: _Components, params: LabelingParams,
+                              named: set[int]) -> list[Anchor]:
+    """Discs mostly covered by landmark classes that no named landmark anchor took: "one of the four"."""
+    on_landmark = np.isin(classes, list(L.LANDMARK_CLASS_TO_DISC)) & (discs.label_map > 0)
+    counts = np.bincount(discs.label_map[on_landmark], minlength=discs.n + 1)[1:]
+    return [Anchor(i, ANY_LANDMARK, params.landmark_weight_any, "landmark") for i in range(discs.n)
+            if i not in named and counts[i] > params.min_landmark_voxels
+            and counts[i] >= params.min_landmark_fraction * discs.sizes[i]]
 
 
 def _largest_piece(mask: np.ndarray) -> np.ndarray:
@@ -372,22 +390,31 @@ def choose_numbering(
     T12-L1 and L5-S one disc further apart than usual).
     """
     best = None
+    named = [a for a in anchors if a.label != ANY_LANDMARK]
     for rank, seq in enumerate((L.DISCS_DEFAULT, L.DISCS_POSSIBLE)):
         votes: dict[int, float] = {}
-        for a in anchors:
+        for a in named:
             if a.label in seq:
                 off = seq.index(a.label) - int(slots[a.component])
                 votes[off] = votes.get(off, 0.0) + a.weight
         for off, weight in votes.items():
+            weight += sum(a.weight for a in anchors if a.label == ANY_LANDMARK and _agrees(a, seq, off, slots))
             key = (weight, -rank)
             if best is None or key > best[0]:
                 best = (key, seq, off)
     if best is None:
         return L.DISCS_DEFAULT, 0, [], list(anchors)
     _, seq, off = best
-    agree = [a for a in anchors if a.label in seq and seq.index(a.label) - int(slots[a.component]) == off]
+    agree = [a for a in anchors if _agrees(a, seq, off, slots)]
     reject = [a for a in anchors if a not in agree]
     return seq, off, agree, reject
+
+
+def _agrees(anchor: Anchor, seq: tuple[int, ...], off: int, slots: np.ndarray) -> bool:
+    if anchor.label != ANY_LANDMARK:
+        return anchor.label in seq and seq.index(anchor.label) - int(slots[anchor.component]) == off
+    index = int(slots[anchor.component]) + off
+    return 0 <= index < len(seq) and seq[index] in L.LANDMARK_DISCS
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -507,9 +534,8 @@ def _number_discs(
         anchors += [Anchor(a.component, a.label, a.weight * share, a.source) for a in prior_anchors]
     seq, off, agree, reject = choose_numbering(anchors, slots)
     for a in reject:
-        warnings.append(
-            f"{a.source} anchor {L.FINAL[a.label].short} on disc #{a.component + 1} disagrees with the others: ignored"
-        )
+        name = "(unnamed)" if a.label == ANY_LANDMARK else L.FINAL[a.label].short
+        warnings.append(f"{a.source} anchor {name} on disc #{a.component + 1} disagrees with the others: ignored")
     if not agree:
         warnings.append(
             "no landmark disc (C2-C3, C7-T1, T12-L1, L5-S) and no localizer: discs and vertebrae are left"

@@ -534,57 +534,16 @@ def _per_stage(value, n: int) -> list[int]:
 
 
 def write_splits(dirs: NnUNetDirs, dataset_id: int, n_folds: int = 5, seed: int = 12345,
-                 overwrite: bool = False, identifiers: Iterable[str] | None = None,
-                 extra_train: Iterable[str] = ()) -> Path:
-    """splits_final.json for the preprocessed dataset, keeping odd/even copies together (unless one exists).
-
-    `identifiers` (default: every case in labelsTr) are split into folds; `extra_train` cases are added to the
-    training side of every fold and are never validated on.
-    """
+                 overwrite: bool = False) -> Path:
+    """splits_final.json for the preprocessed dataset, keeping odd/even copies together (unless one exists)."""
     folder = dirs.preprocessed / DATASET_NAMES[dataset_id]
     path = folder / "splits_final.json"
     if path.is_file() and not overwrite:
         return path
-    if identifiers is None:
-        labels = (dirs.raw / DATASET_NAMES[dataset_id] / "labelsTr").glob(f"*{FILE_ENDING}")
-        identifiers = [p.name[: -len(FILE_ENDING)] for p in labels]
-    splits = grouped_splits(identifiers, n_folds, seed)
-    extra = sorted(extra_train)
-    for split in splits:
-        split["train"] += [i for i in extra if i not in split["train"]]
-    path.write_text(json.dumps(splits, indent=2))
+    labels = (dirs.raw / DATASET_NAMES[dataset_id] / "labelsTr").glob(f"*{FILE_ENDING}")
+    identifiers = [p.name[: -len(FILE_ENDING)] for p in labels]
+    path.write_text(json.dumps(grouped_splits(identifiers, n_folds, seed), indent=2))
     return path
-
-
-def preprocess_missing(dirs: NnUNetDirs, dataset_id: int, plans_name: str, configuration: str = CONFIGURATION,
-                       processes: int = 2) -> list[str]:
-    """Preprocess the raw cases that the existing plans have not seen yet (new cases added to a dataset).
-
-    The plans are kept as they are; returns the identifiers preprocessed.
-    """
-    folder = dirs.preprocessed / DATASET_NAMES[dataset_id]
-    plans_file = folder / f"{plans_name}.json"
-    if not plans_file.is_file():
-        raise TotalSpineSegError(f"{plans_file}: no such plans (plan and preprocess first)")
-    with nnunet_env(dirs, nnUNet_def_n_proc=str(processes)):
-        from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-        from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-
-        plans = PlansManager(str(plans_file))
-        config = plans.get_configuration(configuration)
-        dataset_json = json.loads((dirs.raw / DATASET_NAMES[dataset_id] / "dataset.json").read_text())
-        out = folder / config.data_identifier
-        done = {p.stem for p in out.glob("*.pkl")} if out.is_dir() else set()
-        cases = get_filenames_of_train_images_and_targets(str(dirs.raw / DATASET_NAMES[dataset_id]), dataset_json)
-        todo = sorted(set(cases) - done)
-        out.mkdir(parents=True, exist_ok=True)
-        preprocessor = DefaultPreprocessor(verbose=False)
-        with _quiet_stdout():
-            for identifier in todo:
-                preprocessor.run_case_save(str(out / identifier), cases[identifier]["images"],
-                                           cases[identifier]["label"], plans, config, dataset_json)
-    return todo
 
 
 # --------------------------------------------------------------------------------------------------

@@ -117,12 +117,6 @@ def _add_demo(sub) -> None:
                    help="epochs of each warm restart after the first stage, 0 for none (default: %(default)s)")
     p.add_argument("--restarts", type=int, nargs=2, default=list(d.restarts), metavar=("STEP1", "STEP2"),
                    help="number of warm restarts (default: %(default)s)")
-    p.add_argument("--focus-cases", type=int, default=d.focus_cases,
-                   help="lower-spine phantoms (half with an L6) added for the last stage, 0 for none "
-                        "(default: %(default)s)")
-    p.add_argument("--focus-epochs", type=int, nargs=2, default=list(d.focus_epochs), metavar=("STEP1", "STEP2"),
-                   help="epochs of the last stage, on the main and focus phantoms, 0 for none "
-                        "(default: %(default)s)")
     p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--processes", type=int, default=d.processes, help="worker processes for data preparation")
@@ -188,7 +182,6 @@ def _demo(args) -> int:
 
     settings = demo_recipe.DemoSettings(n_cases=args.cases, seed=args.seed, epochs=tuple(args.epochs),
                                         restart_epochs=tuple(args.restart_epochs), restarts=tuple(args.restarts),
-                                        focus_cases=args.focus_cases, focus_epochs=tuple(args.focus_epochs),
                                         iterations_per_epoch=args.iterations_per_epoch, processes=args.processes,
                                         threads=args.threads)
     for path in demo_recipe.train_demo(args.out_dir, settings, args.device, args.bundle, progress=not args.quiet):
