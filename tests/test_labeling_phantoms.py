@@ -320,3 +320,23 @@ def test_an_unnamed_landmark_cannot_choose_a_numbering_alone():
     anchors = [Anchor(2, ANY_LANDMARK, 1.0, "landmark"), Anchor(8, ANY_LANDMARK, 1.0, "landmark")]
     seq, off, agree, reject = choose_numbering(anchors, np.arange(10))
     assert agree == [] and reject == anchors
+
+
+@pytest.mark.parametrize("step", ["step1", "step2"])
+def test_stray_canal_blobs_do_not_bend_the_canal_line(step):
+    """Canal-class blobs in front of the spine (an unsure network) must not move discs along the canal."""
+    from totalspineseg.labeling import label_step1, label_step2
+
+    ph = _phantom(5, "lumbar", "RAS", (1.0, 1.0, 1.0))
+    classes = L.final_to_step1(ph.labels) if step == "step1" else L.final_to_step2(ph.labels)
+    canal_class = int(L.Step1.CANAL) if step == "step1" else int(L.Step2.CANAL)
+    xs, ys, zs = np.nonzero(np.isin(ph.labels, [L.CANAL, L.CORD]))
+    x0, front = int(np.median(xs)), int(ys.max()) + 45
+    for z in np.linspace(zs.min() + 40, zs.max() - 40, 4).astype(int):
+        blob = (slice(x0 - 12, x0 + 12), slice(min(front, classes.shape[1] - 10), classes.shape[1] - 2),
+                slice(z - 12, z + 12))
+        classes[blob] = np.where(classes[blob] == 0, canal_class, classes[blob])
+    result = (label_step1 if step == "step1" else label_step2)(classes, ph.affine)
+    truth, kinds = _truth_for(step, ph.labels)
+    assert not [w for w in result.warnings if "missing" in w]
+    assert metrics.identification_rate(result.seg, truth, kinds=kinds, min_voxels=20)[1] == []

@@ -325,11 +325,14 @@ def demo_models():
 
 @pytest.mark.slow
 def test_demo_model_on_held_out_phantoms(demo_models):
-    """A smaller version, with slack, of benchmarks/eval_demo.py (targets there: 95% identified, Dice 0.85)."""
+    """A smaller version, with slack, of benchmarks/eval_demo.py (targets there: 95% identified, Dice 0.85).
+
+    The L6 case is in: with the previous labeling it scored 2/17 (three cases: 74% identified).
+    """
     from totalspineseg import demo_recipe
 
-    picked = [s for s in demo_recipe.HELD_OUT if s.fov in ("cervical", "thoracolumbar", "lumbar")][::2]
-    assert len(picked) == 3
+    picked = [s for s in demo_recipe.HELD_OUT if s.seed - demo_recipe.HELD_OUT_SEED_BASE in (3, 9, 12)]
+    assert [s.fov for s in picked] == ["cervical", "thoracolumbar", "lumbar"] and picked[-1].extra_lumbar
     scores = [demo_recipe.evaluate(spec, demo_models) for spec in picked]
     summary = demo_recipe.summarize(scores)
     assert summary["errors"] == 0, [s.error for s in scores]
