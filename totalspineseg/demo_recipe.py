@@ -120,15 +120,15 @@ class DemoSettings:
     # thin discs (step 2) are still improving when a single schedule of this length ends.
     restart_epochs: tuple[int, int] = (35, 40)
     restarts: tuple[int, int] = (2, 2)
+    iterations_per_epoch: int = 50
+    val_iterations_per_epoch: int = 2
+    processes: int = 2
+    threads: int | None = None  # CPU training threads; None = all allowed CPUs
 
     def stages(self, step: int) -> tuple[int, ...]:
         """Cumulative epoch totals of the training stages of step 1 or 2."""
         first, extra, n = self.epochs[step - 1], self.restart_epochs[step - 1], self.restarts[step - 1]
         return (first,) + tuple(first + extra * k for k in range(1, n + 1) if extra > 0)
-    iterations_per_epoch: int = 50
-    val_iterations_per_epoch: int = 2
-    processes: int = 2
-    threads: int | None = None  # CPU training threads; None = all allowed CPUs
 
 
 def train_demo(out_dir, settings: DemoSettings = DemoSettings(), device: str = "auto", bundle: Path | None = None,

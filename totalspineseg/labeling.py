@@ -406,6 +406,7 @@ def choose_numbering(
     """
     best = None
     named = [a for a in anchors if a.label != ANY_LANDMARK]
+    unnamed = [a for a in anchors if a.label == ANY_LANDMARK]
     for rank, seq in enumerate((L.DISCS_DEFAULT, L.DISCS_POSSIBLE)):
         votes: dict[int, float] = {}
         for a in named:
@@ -413,7 +414,7 @@ def choose_numbering(
                 off = seq.index(a.label) - int(slots[a.component])
                 votes[off] = votes.get(off, 0.0) + a.weight
         for off, weight in votes.items():
-            weight += sum(a.weight for a in anchors if a.label == ANY_LANDMARK and _agrees(a, seq, off, slots))
+            weight += sum(a.weight for a in unnamed if _agrees(a, seq, off, slots))
             key = (weight, -rank)
             if best is None or key > best[0]:
                 best = (key, seq, off)

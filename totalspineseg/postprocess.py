@@ -260,7 +260,7 @@ def complete_discs(step2: np.ndarray, step1: np.ndarray, min_share: float = 0.8)
     s1, s2 = step1[in_step1].astype(np.int64), step2[in_step1].astype(np.int64)
     empty = s2 == 0
     step2_discs = np.isin(s2, discs)
-    used = set(int(v) for v in np.unique(step2) if v in set(discs.tolist()))
+    used = set(np.intersect1d(step2, discs).tolist())
     fill = np.zeros_like(s1)
     for d1 in np.unique(s1):
         own = s1 == d1
