@@ -20,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from totalspineseg import demo_recipe, volume, weights  # noqa: E402
+from totalspineseg import volume, weights  # noqa: E402
 from totalspineseg.pipeline import Models, PipelineOptions, segment  # noqa: E402
+from totalspineseg.training import demo_recipe  # noqa: E402
 
 SPEC = demo_recipe.HELD_OUT[0]  # whole spine, RAS, 1 mm, T2w
 

@@ -15,9 +15,9 @@ import time
 from datetime import date
 
 from totalspineseg import labels as L
-from totalspineseg import phantom
 from totalspineseg.labeling import label_step1, label_step2
 from totalspineseg.postprocess import disc_level_points
+from totalspineseg.synth import phantom
 
 
 def main() -> None:

@@ -45,9 +45,10 @@ def main(argv=None) -> None:
     ap.add_argument("--fov", default="whole")
     args = ap.parse_args(argv)
 
-    from totalspineseg import phantom, weights
+    from totalspineseg import weights
     from totalspineseg.cli.segment import DELIVERABLES, Plan, write_outputs
     from totalspineseg.pipeline import Models, PipelineOptions, segment
+    from totalspineseg.synth import phantom
     from totalspineseg.volume import save_nifti
 
     root = build_weights(args.out / "weights", args.dataset_shape)

@@ -49,7 +49,7 @@ def n_tiles(model, shape) -> int:
     patch = model.configuration_manager.patch_size
     nnunet_shape = [tuple(reversed(shape))[i] for i in model.plans_manager.transpose_forward]
     # nnU-Net pads an image smaller than the patch up to the patch
-    padded = [max(size, tile) for size, tile in zip(nnunet_shape, patch)]
+    padded = [max(size, tile) for size, tile in zip(nnunet_shape, patch, strict=False)]
     steps = compute_steps_for_sliding_window(padded, patch, 0.5)
     return int(np.prod([len(s) for s in steps]))
 

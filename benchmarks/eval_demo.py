@@ -24,10 +24,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from totalspineseg import demo_recipe, metrics, volume, weights  # noqa: E402
 from totalspineseg import labels as L  # noqa: E402
+from totalspineseg import volume, weights  # noqa: E402
 from totalspineseg.errors import TotalSpineSegError  # noqa: E402
 from totalspineseg.pipeline import Models, PipelineOptions, segment  # noqa: E402
+from totalspineseg.training import demo_recipe, metrics  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "real"
 # (scan, ground truth, how to read the ground truth): "cord" = binary cord mask, "ivd" = discs 1 = L5-S ... 5 = L1-L2.

@@ -31,7 +31,7 @@ def check_list(out: Path, expected: Path) -> list[str]:
 
 def _table(path: Path) -> dict[str, dict]:
     header, *rows = [line.split("\t") for line in path.read_text().splitlines() if line]
-    return {r[header.index("image_id")]: dict(zip(header, r)) for r in rows}
+    return {r[header.index("image_id")]: dict(zip(header, r, strict=False)) for r in rows}
 
 
 def check_tsv(out: Path, expected: Path, rtol: float, columns=NUMERIC) -> list[str]:

@@ -16,8 +16,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -101,7 +101,7 @@ def _synthetic_case(rng: np.random.Generator, shape: tuple[int, ...], n_channels
     radius = max(2.0, min(shape) / 8)
     for label in range(1, n_labels + 1):
         centre = rng.uniform(radius, np.array(shape) - radius)
-        inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius ** 2
+        inside = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=False)) <= radius ** 2
         seg[inside] = label
     image = rng.normal(100.0, 10.0, shape).astype(np.float32) + 20.0 * seg
     channels = [image] + [(seg % 2 == 1).astype(np.float32)] * (n_channels - 1)

@@ -12,8 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bids_oracle import TruthProvider
 
-from totalspineseg import derivatives
-from totalspineseg.bids_app import main
+from totalspineseg.bids_app import derivatives, main
 
 
 def _die_before_marker():

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from bids_oracle import TruthProvider, truth_path
 
-from totalspineseg import derivatives as D
 from totalspineseg import labels as L
-from totalspineseg import metrics, phantom, qc
-from totalspineseg.bids_app import main
+from totalspineseg.bids_app import derivatives as D
+from totalspineseg.bids_app import main, qc
 from totalspineseg.bids_app.validation import find_validator
+from totalspineseg.synth import phantom
+from totalspineseg.training import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_OUTPUTS = ROOT / "bids_app_tests" / "expected_outputs.txt"
@@ -147,7 +148,7 @@ def test_dataset_level_files(processed):
 def test_statistics_and_group_table_match_the_truth(processed):
     rows = (processed.out / "group_spine.tsv").read_text().splitlines()
     header = rows[0].split("\t")
-    table = [dict(zip(header, r.split("\t"))) for r in rows[1:]]
+    table = [dict(zip(header, r.split("\t"), strict=False)) for r in rows[1:]]
     assert [r["image_id"] for r in table] == ["sub-01_acq-localizer", "sub-01", "sub-02_acq-localizer", "sub-02"]
     for row in table:
         truth = nib.load(truth_path(processed.ds, processed.ds / row["source"]))

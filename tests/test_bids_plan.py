@@ -185,7 +185,8 @@ def test_planning_a_thousand_participants(tmp_path):
     t0 = time.perf_counter()
     one = plan.make_plan(plan.build_layout(ds, ["0500"], None), {}, LOC, ["0500"], None)
     one_seconds = time.perf_counter() - t0
-    print(f"\nplanning 1,000 participants (2,000 images): {seconds:.1f} s; one participant of them: {one_seconds:.2f} s")
+    print(f"\nplanning 1,000 participants (2,000 images): {seconds:.1f} s; "
+          f"one participant of them: {one_seconds:.2f} s")
     assert len(the_plan.jobs) == 2000 and len(the_plan.units()) == 1000
     assert all(j.localizer is not None for j in the_plan.jobs if j.role == "main")
     assert len(one.jobs) == 2

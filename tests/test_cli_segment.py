@@ -3,11 +3,12 @@
 import nibabel as nib
 import numpy as np
 import pytest
-
 from oracle import OracleModel, oracle_models
+
 from totalspineseg import labels as L
-from totalspineseg import metrics, phantom
 from totalspineseg.cli import segment as cli
+from totalspineseg.synth import phantom
+from totalspineseg.training import metrics
 from totalspineseg.volume import save_nifti
 
 SEED = 21

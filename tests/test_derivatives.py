@@ -8,8 +8,8 @@ from pathlib import PurePosixPath
 import pytest
 
 from totalspineseg import __version__
-from totalspineseg import derivatives as D
 from totalspineseg import labels as L
+from totalspineseg.bids_app import derivatives as D
 
 
 def test_parse_name_splits_entities_suffix_and_extension():
@@ -29,7 +29,8 @@ def test_names_keep_ses_acq_run_chunk_in_schema_order_and_drop_the_suffix():
     assert base == {"sub": "01", "ses": "02", "acq": "sag", "run": "1", "chunk": "3"}  # inv is not kept
     path = D.output_path(base, "spine")
     assert path == PurePosixPath("sub-01/ses-02/anat/sub-01_ses-02_acq-sag_run-1_chunk-3_desc-spine_dseg.nii.gz")
-    assert D.output_path(base, "cord", "iso").name == "sub-01_ses-02_acq-sag_run-1_chunk-3_res-1mm_label-SC_probseg.nii.gz"
+    expected = "sub-01_ses-02_acq-sag_run-1_chunk-3_res-1mm_label-SC_probseg.nii.gz"
+    assert D.output_path(base, "cord", "iso").name == expected
 
 
 def test_folding_the_suffix_into_acq_separates_contrasts():
@@ -58,7 +59,7 @@ def test_figure_stats_and_id_names():
 
 def _tsv(text):
     header, *rows = [line.split("\t") for line in text.strip().splitlines()]
-    return [dict(zip(header, r)) for r in rows]
+    return [dict(zip(header, r, strict=False)) for r in rows]
 
 
 def test_spine_lut_is_built_from_the_label_table():

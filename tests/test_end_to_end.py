@@ -8,10 +8,10 @@ upstream's layout load (ResEnc-L planner with the uninstalled trainer name `nnUN
 import nibabel as nib
 import numpy as np
 import pytest
-
 from model_factory import make_model_folder
-from totalspineseg import phantom
+
 from totalspineseg.cli import segment as cli
+from totalspineseg.synth import phantom
 from totalspineseg.volume import save_nifti
 
 KINDS = {

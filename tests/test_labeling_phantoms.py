@@ -1,27 +1,28 @@
 """Exact phantom round trip: ground truth -> network classes -> `totalspineseg-label` -> final labels."""
 
-from functools import lru_cache
+from functools import cache
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from totalspineseg import labels as L
-from totalspineseg import metrics, phantom
 from totalspineseg.cli import label as label_cli
+from totalspineseg.synth import phantom
+from totalspineseg.training import metrics
 from totalspineseg.volume import save_nifti
 
 GRIDS = [("RAS", (1.0, 1.0, 1.0)), ("LPS", (0.8, 0.8, 2.0)), ("PSR", (0.9, 0.9, 3.0))]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _phantom(seed, fov, orientation, voxel, extra_lumbar=False, missing_disc=None):
     return phantom.make_phantom(
         seed=seed, fov=fov, orientation=orientation, voxel=voxel, extra_lumbar=extra_lumbar, missing_disc=missing_disc
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _localizer(seed, extra_lumbar=False):
     return phantom.make_localizer(seed=seed, extra_lumbar=extra_lumbar)
 

@@ -20,7 +20,7 @@ def test_abbreviations_unique_and_bids_friendly():
 
 def test_colours_fixed_and_distinct_for_neighbours():
     seq = list(L.VERTEBRAE_POSSIBLE)
-    for a, b in zip(seq, seq[1:]):
+    for a, b in zip(seq, seq[1:], strict=False):
         assert L.FINAL[a].colour != L.FINAL[b].colour
     assert L.colour_lut()[L.CORD].tolist() == list(L.FINAL[L.CORD].colour)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 
 import nibabel as nib
 import numpy as np
@@ -11,8 +11,8 @@ import pytest
 from scipy import ndimage
 
 from totalspineseg import labels as L
-from totalspineseg import phantom
 from totalspineseg.cli import phantom as phantom_cli
+from totalspineseg.synth import phantom
 
 ISO = (1.0, 1.0, 1.0)
 COARSE = (1.5, 1.5, 1.5)
@@ -27,7 +27,7 @@ def _discs_between(first: str, last: str) -> set[int]:
     return {D[n] for n in names[names.index(first) : names.index(last) + 1]}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _phantom(seed=0, fov="whole", orientation="RAS", voxel=ISO, **kw):
     return phantom.make_phantom(seed=seed, fov=fov, orientation=orientation, voxel=voxel, **kw)
 

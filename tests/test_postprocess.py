@@ -1,17 +1,18 @@
 """Post-processing on exact inputs: largest component, canal fill, soft maps, odd-disc channel, levels."""
 
-from functools import lru_cache
+from functools import cache
 
 import nibabel as nib
 import numpy as np
 
 from totalspineseg import labels as L
-from totalspineseg import phantom, postprocess
+from totalspineseg import postprocess
 from totalspineseg.cli import levels as levels_cli
+from totalspineseg.synth import phantom
 from totalspineseg.volume import save_nifti
 
 
-@lru_cache(maxsize=None)
+@cache
 def _whole(seed=11, missing_disc=None):
     return phantom.make_phantom(seed=seed, fov="whole", missing_disc=missing_disc)
 

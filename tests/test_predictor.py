@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 import nibabel as nib
 import numpy as np
 import pytest
-
 from model_factory import copy_model_folder, make_image, make_model_folder
+
 from totalspineseg.errors import TotalSpineSegError, WeightsError
 from totalspineseg.predictor import (
     ModelFolder,

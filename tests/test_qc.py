@@ -7,7 +7,8 @@ import pytest
 from scipy import ndimage
 
 from totalspineseg import labels as L
-from totalspineseg import phantom, qc
+from totalspineseg.bids_app import qc
+from totalspineseg.synth import phantom
 
 
 @cache

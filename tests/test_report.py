@@ -7,7 +7,7 @@ import re
 import chromium
 from PIL import Image
 
-from totalspineseg import report
+from totalspineseg.bids_app import report
 
 
 def _record(i, flags=(), figure=None):

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from totalspineseg import labels as L
-from totalspineseg import phantom, training, volume, weights
+from totalspineseg import training, volume, weights
+from totalspineseg.synth import phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -329,7 +330,7 @@ def test_demo_model_on_held_out_phantoms(demo_models):
 
     The L6 case is in: with the previous labeling it scored 2/17 (three cases: 74% identified).
     """
-    from totalspineseg import demo_recipe
+    from totalspineseg.training import demo_recipe
 
     picked = [s for s in demo_recipe.HELD_OUT if s.seed - demo_recipe.HELD_OUT_SEED_BASE in (3, 9, 12)]
     assert [s.fov for s in picked] == ["cervical", "thoracolumbar", "lumbar"] and picked[-1].extra_lumbar
@@ -348,7 +349,8 @@ def test_demo_model_never_chosen_silently(tmp_path, monkeypatch):
 
 def test_demo_recipe_runs_the_warm_restart_once_and_resumes(tmp_path, monkeypatch):
     """Stage bookkeeping of the recipe: first stage, then the restart; finished stages are never rerun."""
-    from totalspineseg import demo_recipe, training
+    from totalspineseg import training
+    from totalspineseg.training import demo_recipe
 
     calls = []
 

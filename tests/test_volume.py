@@ -319,7 +319,7 @@ def test_iso_grid_follows_the_ceil_and_half_voxel_rule(codes):
     native_shape = V.reorient(np.zeros(shape, np.uint8), _affine(zooms), codes)[0].shape
     iso_shape, iso_affine = V.iso_grid(native_shape, affine)
     native_zooms = V.voxel_sizes(affine)
-    assert iso_shape == tuple(int(np.ceil(n * z)) for n, z in zip(native_shape, native_zooms))
+    assert iso_shape == tuple(int(np.ceil(n * z)) for n, z in zip(native_shape, native_zooms, strict=False))
     np.testing.assert_allclose(V.voxel_sizes(iso_affine), 1.0)
     np.testing.assert_allclose(iso_affine[:3, :3] / V.voxel_sizes(iso_affine), affine[:3, :3] / native_zooms)
     # The outer corner of voxel 0 is shared; the far outer corner lies at most one new voxel beyond.
@@ -432,7 +432,7 @@ def test_fast_path_is_used_for_reorientation_and_equals_map_coordinates(monkeypa
         raise AssertionError("the general path was used")
 
     monkeypatch.setattr(V, "_resample_general", _no_general)
-    for (shape, target), (image_ref, labels_ref) in zip(targets, expected):
+    for (shape, target), (image_ref, labels_ref) in zip(targets, expected, strict=False):
         image = V.resample_to_grid(src, src_affine, shape, target, "image")
         np.testing.assert_allclose(image, image_ref, atol=1e-6)
         nearest = V.resample_to_grid(labels, src_affine, shape, target, "labels")
@@ -492,7 +492,7 @@ def test_points_all_survive_once_within_one_coarse_voxel():
     values, counts = np.unique(out[out > 0], return_counts=True)
     np.testing.assert_array_equal(values, labels)
     np.testing.assert_array_equal(counts, 1)
-    for label, position in zip(labels, true_positions):
+    for label, position in zip(labels, true_positions, strict=False):
         placed = np.argwhere(out == label)[0]
         assert np.all(np.abs(placed - position) <= 1.0 + 1e-9), label
 

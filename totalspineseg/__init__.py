@@ -12,7 +12,7 @@ def _read_version() -> str:
         from importlib.metadata import version
 
         return version("totalspineseg")
-    except Exception:  # pragma: no cover - not installed and no version file
+    except Exception:  # noqa: BLE001  # pragma: no cover - not installed and no version file
         return "0+unknown"
 
 

@@ -31,7 +31,8 @@ import numpy as np
 from scipy import ndimage
 
 from . import labels as L
-from .postprocess import FULL, Centerline, _span_inside, bbox, dilate, fill_canal, largest_component
+from .geometry import FULL, Centerline, bbox, dilate, span_inside
+from .postprocess import fill_canal, largest_component
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +473,7 @@ def _absorb_generic(vert_seg: np.ndarray, generic: np.ndarray, order_bottom_up) 
         if box is None:
             continue
         m = vert_seg[box] == value
-        filled = _span_inside(m, 0) | _span_inside(m, 1) | _span_inside(m, 2)
+        filled = span_inside(m, 0) | span_inside(m, 1) | span_inside(m, 2)
         region = dilate(filled, 1)
         sub = out[box]
         take = region & generic[box]
@@ -502,7 +503,7 @@ def _vertebra_labels(
     if pos.size >= 2:
         # np.interp needs increasing x: positions decrease going down.
         t = np.interp(verts.positions[between], pos[::-1], k[::-1])
-        for i, ti in zip(between, t):
+        for i, ti in zip(between, t, strict=False):
             j = int(np.floor(ti)) + 2
             if 0 <= j < len(vert_seq):
                 out[i] = vert_seq[j]

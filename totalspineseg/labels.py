@@ -152,14 +152,14 @@ def _build_table() -> dict[int, Structure]:
         CANAL: Structure(CANAL, "spinal_canal", "canal", "canal", (0, 160, 255), "canal"),
     }
     vert_colours = _palette(len(VERTEBRAE_POSSIBLE), 0.0)
-    for colour, v in zip(vert_colours, VERTEBRAE_POSSIBLE):
+    for colour, v in zip(vert_colours, VERTEBRAE_POSSIBLE, strict=False):
         if v == SACRUM:
             table[v] = Structure(v, "sacrum", "sacrum", "sacrum", (200, 120, 60), "Sacrum")
         else:
             n = _VERTEBRA_NAMES[v]
             table[v] = Structure(v, f"vertebrae_{n}", n, "vertebra", colour, n)
     disc_colours = _palette(len(DISCS_POSSIBLE), 0.55)
-    for colour, d in zip(disc_colours, DISCS_POSSIBLE):
+    for colour, d in zip(disc_colours, DISCS_POSSIBLE, strict=False):
         short = _disc_short(d)
         table[d] = Structure(d, f"disc_{short.replace('-', '_')}", short.replace("-", ""), "disc", colour, short)
     table[VERTEBRA_UNNUMBERED] = Structure(

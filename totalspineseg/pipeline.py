@@ -201,9 +201,9 @@ def segment(image, models: Models, localizer=None, options: PipelineOptions = Pi
     for w in warnings:
         log.warning("%s: %s", source, w)
     return SegmentationResult(
-        source=source, native=native, iso=iso_out, iso_image=iso_image, step1_raw=step1_raw, step2_raw=step2_raw, step2_input=odd, crop_grid=crop_grid, step1_labeling=res1,
-        step2_labeling=res2, level_points_iso=points, warnings=warnings, timings=timer.timings,
-        release=models.release, device=models.device,
+        source=source, native=native, iso=iso_out, iso_image=iso_image, step1_raw=step1_raw, step2_raw=step2_raw,
+        step2_input=odd, crop_grid=crop_grid, step1_labeling=res1, step2_labeling=res2, level_points_iso=points,
+        warnings=warnings, timings=timer.timings, release=models.release, device=models.device,
     )
 
 

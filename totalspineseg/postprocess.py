@@ -10,28 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import labels as L
-
-CROSS = ndimage.generate_binary_structure(3, 1)
-FULL = ndimage.generate_binary_structure(3, 3)
-
-
-def bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """Bounding box of the non-zero voxels, grown by `margin` and clipped to the array."""
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        nz = np.flatnonzero(mask.any(axis=other))
-        if nz.size == 0:
-            return None
-        slices.append(slice(max(int(nz[0]) - margin, 0), min(int(nz[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(slices)
-
-
-def dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
-    """Dilation by the 6-neighbourhood cross, `iterations` times (an L1 ball)."""
-    if iterations <= 0:
-        return mask.copy()
-    return ndimage.binary_dilation(mask, CROSS, iterations=iterations)
+from .geometry import FULL, Centerline, bbox, dilate, span_inside
 
 
 def largest_component(seg: np.ndarray, dilation: int = 5) -> np.ndarray:
@@ -65,13 +44,6 @@ def _keep_largest(mask: np.ndarray) -> np.ndarray:
     return comp == int(np.argmax(counts))
 
 
-def _span_inside(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Voxels lying between the first and last True of their line along `axis`."""
-    forward = np.maximum.accumulate(mask, axis=axis)
-    backward = np.flip(np.maximum.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis)
-    return forward & backward
-
-
 def fill_canal(seg: np.ndarray, canal: int = L.CANAL, cord: int = L.CORD) -> np.ndarray:
     """Make the canal one closed tube around the cord.
 
@@ -92,7 +64,7 @@ def fill_canal(seg: np.ndarray, canal: int = L.CANAL, cord: int = L.CORD) -> np.
     # A thin CSF gap can separate cord and canal wall; they are still one tube.
     main = _keep_largest(dilate(union, 2)) & union
     sub[union & ~main] = 0
-    inside = _span_inside(main, axis=0) & _span_inside(main, axis=1)
+    inside = span_inside(main, axis=0) & span_inside(main, axis=1)
     sub[inside & (sub == 0)] = canal
     out[box] = sub
     return out
@@ -127,62 +99,7 @@ def odd_disc_mask(seg: np.ndarray) -> np.ndarray:
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Canal centreline and disc level points
-
-
-class Centerline:
-    """A smoothed canal centreline x(z), y(z) over the canal's z range, with arc length."""
-
-    def __init__(self, canal_mask: np.ndarray, sigma: float = 4.0):
-        xs, ys, zs = np.nonzero(canal_mask)
-        if zs.size == 0:
-            raise ValueError("no canal")
-        z0, z1 = int(zs.min()), int(zs.max())
-        n = z1 - z0 + 1
-        count = np.bincount(zs - z0, minlength=n).astype(float)
-        sx = np.bincount(zs - z0, weights=xs, minlength=n)
-        sy = np.bincount(zs - z0, weights=ys, minlength=n)
-        have = count > 0
-        zz = np.arange(n)
-        mx = np.interp(zz, zz[have], sx[have] / count[have])
-        my = np.interp(zz, zz[have], sy[have] / count[have])
-        if n > 3:
-            mx = ndimage.gaussian_filter1d(mx, sigma, mode="nearest")
-            my = ndimage.gaussian_filter1d(my, sigma, mode="nearest")
-        self.z = (zz + z0).astype(float)
-        self.x = mx
-        self.y = my
-        step = np.sqrt(np.diff(mx) ** 2 + np.diff(my) ** 2 + 1.0)
-        self.arclength = np.concatenate([[0.0], np.cumsum(step)])
-        self._tree = None
-
-    @property
-    def points(self) -> np.ndarray:
-        return np.column_stack([self.x, self.y, self.z])
-
-    def tree(self):
-        if self._tree is None:
-            from scipy.spatial import cKDTree
-
-            self._tree = cKDTree(self.points)
-        return self._tree
-
-    def y_at(self, z: np.ndarray) -> np.ndarray:
-        return np.interp(z, self.z, self.y)
-
-    def position(self, points: np.ndarray) -> np.ndarray:
-        """Arc length (mm from the bottom, increasing superiorly) of the nearest centreline point.
-
-        Points beyond either end of the canal continue along z.
-        """
-        points = np.atleast_2d(np.asarray(points, dtype=float))
-        _, idx = self.tree().query(points)
-        pos = self.arclength[idx].copy()
-        below = points[:, 2] < self.z[0]
-        above = points[:, 2] > self.z[-1]
-        pos[below] = points[below, 2] - self.z[0]
-        pos[above] = self.arclength[-1] + points[above, 2] - self.z[-1]
-        return pos
+# Disc level points
 
 
 def disc_level_points(
@@ -235,7 +152,7 @@ def disc_level_points(
             shifted = line.points + offset
             for level, target in ((L.LEVEL_DENS, tip), (L.LEVEL_C1_C2, (tip + np.asarray(p3)) / 2.0)):
                 q = shifted[int(np.argmin(np.linalg.norm(shifted - target, axis=1)))]
-                q = tuple(int(np.clip(round(c), 0, s - 1)) for c, s in zip(q, seg.shape))
+                q = tuple(int(np.clip(round(c), 0, s - 1)) for c, s in zip(q, seg.shape, strict=False))
                 if levels[q] == 0:
                     levels[q] = level
                     points[level] = q

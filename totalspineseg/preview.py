@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 
 from . import labels as L
-from .postprocess import Centerline
+from .geometry import Centerline
 
 __all__ = [
     "render_preview",
@@ -355,7 +355,7 @@ def _draw_sagittal(ax, rgb, dy, dz, tags, markers, px_per_mm):
         pos = _spread(np.array([t.z for t in side]), gap, gap / 2, h_mm - gap / 2)
         edge = w_mm if right else 0.0
         sign = 1 if right else -1
-        for t, z in zip(side, pos):
+        for t, z in zip(side, pos, strict=False):
             xs = [edge, edge + sign * tick, edge + sign * 2 * tick]
             ys = [t.z, t.z, z]
             if t.anchor is not None:
@@ -453,7 +453,7 @@ def _plan(scene: _Scene, image_shape, width_px) -> tuple[_Layout, list[tuple[int
     """Figure layout and axial heights; a partly empty last grid row is filled when there is material."""
     dx, dy, dz = scene.spacing
     nz, ny = scene.sagittal.shape[:2]
-    cx, cy = (len(range(*c.indices(n))) for c, n in zip(scene.crop, image_shape))
+    cx, cy = (len(range(*c.indices(n))) for c, n in zip(scene.crop, image_shape, strict=False))
     margins = _tag_margin_px(scene.tags, False), _tag_margin_px(scene.tags, True)
 
     def layout_for(n_thumbs):
@@ -491,7 +491,7 @@ def _build_figure(image, seg, affine, title, levels, tags, alpha, width_px) -> F
     FigureCanvasAgg(fig)
     px_per_mm = layout.sag[3] / (image.shape[2] * dz)
     _draw_sagittal(_new_axes(fig, layout, layout.sag), scene.sagittal, dy, dz, scene.tags, scene.markers, px_per_mm)
-    for i, ((z, caption), box) in enumerate(zip(heights, layout.thumbs)):
+    for i, ((z, caption), box) in enumerate(zip(heights, layout.thumbs, strict=False)):
         block = scene.crop + (z,)
         rgb = overlay_rgb(_grey(image[block], scene.window), None if seg is None else seg[block], alpha)
         _draw_axial(_new_axes(fig, layout, box), rgb, dx, dy, caption, i == 0)

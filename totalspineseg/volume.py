@@ -463,7 +463,7 @@ def _resample_points(data, src_affine, dst_shape, dst_affine) -> np.ndarray:
     world = centroids @ src_affine[:3, :3].T + src_affine[:3, 3]
     dst_inv = np.linalg.inv(dst_affine)
     positions = world @ dst_inv[:3, :3].T + dst_inv[:3, 3]
-    for label, position in zip(labels, positions):
+    for label, position in zip(labels, positions, strict=False):
         out[_nearest_free_voxel(out, position, dst_affine[:3, :3])] = label
     return out
 

@@ -10,9 +10,9 @@ import json
 import logging
 from pathlib import Path
 
-from .. import derivatives as D
 from .. import labels as L
-from .. import report
+from . import derivatives as D
+from . import report
 from .validation import MissingInput
 
 log = logging.getLogger(__name__)

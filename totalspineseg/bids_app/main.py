@@ -11,8 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import derivatives as D
 from ..errors import TotalSpineSegError
+from . import derivatives as D
 from . import group, participant, plan, validation
 from .models import WeightsProvider, as_provider
 from .parser import PROG, UsageError, build_parser, parse_localizer_specs, read_filter_file, read_labels

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, qc, volume
-from .. import derivatives as D
+from .. import __version__, volume
 from ..pipeline import Outputs, SegmentationResult
+from . import derivatives as D
+from . import qc
 from .plan import Job
 
 log = logging.getLogger(__name__)

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = BidsAppArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bids_dir", type=Path, help="the input BIDS dataset (may be read-only)")
-    p.add_argument("output_dir", type=Path, help="the output derivatives folder, e.g. <bids_dir>/derivatives/totalspineseg")
+    p.add_argument("output_dir", type=Path,
+                   help="the output derivatives folder, e.g. <bids_dir>/derivatives/totalspineseg")
     p.add_argument("analysis_level", help="participant or group")
     p.add_argument("--version", action="version", version=f"totalspineseg BIDS-App version {__version__}")
     _add_filters(p.add_argument_group("selecting images"))

@@ -20,8 +20,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from .. import __version__, volume
-from .. import derivatives as D
 from ..pipeline import PipelineOptions, segment
+from . import derivatives as D
 from . import outputs
 from .plan import Job
 

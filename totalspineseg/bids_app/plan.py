@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .. import derivatives as D
+from . import derivatives as D
 from .parser import UsageError
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import labels as L
-from .. import phantom
+from ..synth import phantom
 
 PROG = "totalspineseg-phantom"
 

@@ -101,7 +101,7 @@ def _add_export(sub) -> None:
 
 
 def _add_demo(sub) -> None:
-    from .. import demo_recipe
+    from ..training import demo_recipe
 
     d = demo_recipe.DemoSettings()
     p = sub.add_parser("demo", help="build the demo model from synthetic phantoms, end to end",
@@ -178,7 +178,7 @@ def _export(args) -> int:
 
 
 def _demo(args) -> int:
-    from .. import demo_recipe
+    from ..training import demo_recipe
 
     settings = demo_recipe.DemoSettings(n_cases=args.cases, seed=args.seed, epochs=tuple(args.epochs),
                                         restart_epochs=tuple(args.restart_epochs), restarts=tuple(args.restarts),

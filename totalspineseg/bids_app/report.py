@@ -17,8 +17,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from . import __version__
-from . import labels as L
+from .. import __version__
+from .. import labels as L
 
 THUMB_HEIGHT_PX = 420
 

@@ -18,8 +18,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import __version__
-from . import labels as L
+from .. import __version__
+from .. import labels as L
 
 BIDS_VERSION = "1.10.0"
 APP_NAME = "totalspineseg"

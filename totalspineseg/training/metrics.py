@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import labels as L
+from .. import labels as L
 
 
 def present_labels(seg: np.ndarray, min_voxels: int = 1) -> list[int]:
     values, counts = np.unique(seg, return_counts=True)
-    return [int(v) for v, c in zip(values, counts) if v != 0 and c >= min_voxels]
+    return [int(v) for v, c in zip(values, counts, strict=False) if v != 0 and c >= min_voxels]
 
 
 def dice_per_label(pred: np.ndarray, truth: np.ndarray, values=None) -> dict[int, float]:

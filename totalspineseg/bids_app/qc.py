@@ -19,8 +19,8 @@ from itertools import pairwise
 import numpy as np
 from scipy import ndimage
 
-from . import labels as L
-from .volume import voxel_sizes
+from .. import labels as L
+from ..volume import voxel_sizes
 
 # A second piece of one label counts as a duplicate when it is at least this fraction of the largest piece
 # and at least this many mm3 (smaller bits are partial-volume crumbs of a thick-slice grid).
@@ -123,7 +123,7 @@ def duplicated_levels(seg: np.ndarray, affine: np.ndarray, values) -> list[int]:
 def centroids_mm(seg: np.ndarray, affine: np.ndarray, values) -> dict[int, np.ndarray]:
     values = [v for v in values]
     centres = ndimage.center_of_mass(np.ones(seg.shape, np.float32), seg, values)
-    return {v: affine[:3, :3] @ np.asarray(c) + affine[:3, 3] for v, c in zip(values, centres)}
+    return {v: affine[:3, :3] @ np.asarray(c) + affine[:3, 3] for v, c in zip(values, centres, strict=False)}
 
 
 def out_of_order(seg: np.ndarray, affine: np.ndarray, present: set[int], step1_only: bool = False) -> list[tuple]:

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import labels as L
-from . import phantom, training, volume
-from .training import NnUNetDirs, TrainSettings
+from .. import labels as L
+from .. import training, volume
+from ..synth import phantom
+from ..training import NnUNetDirs, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ VALIDATION_FOLDS = 20  # fold 0 keeps 1 case in 20 for nnU-Net's pseudo-Dice pri
 
 _FOV_WEIGHTS = {"whole": 0.25, "cervical": 0.15, "cervicothoracic": 0.15, "thoracic": 0.1, "thoracolumbar": 0.15,
                 "lumbar": 0.2}
-_ORIENTATIONS = tuple("".join(p[i][s] for i, s in zip(order, signs))
+_ORIENTATIONS = tuple("".join(p[i][s] for i, s in zip(order, signs, strict=False))
                       for p in [("LR", "PA", "IS")]
                       for order in itertools.permutations(range(3))
                       for signs in itertools.product((0, 1), repeat=3))
@@ -252,9 +253,9 @@ def evaluate(spec: PhantomSpec, models, options=None) -> CaseScore:
 
     A run that fails counts as nothing identified and a Dice of 0 for every label.
     """
+    from ..errors import TotalSpineSegError
+    from ..pipeline import PipelineOptions, segment
     from . import metrics
-    from .errors import TotalSpineSegError
-    from .pipeline import PipelineOptions, segment
 
     options = options or PipelineOptions(progress=False)
     ph = spec.render()

@@ -30,9 +30,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from . import __version__
-from . import labels as L
-from .volume import save_nifti
+from .. import __version__
+from .. import labels as L
+from ..volume import save_nifti
 
 __all__ = [
     "FOVS",
@@ -373,7 +373,8 @@ class Tube:
 
     def widened(self, margin: float) -> Tube:
         """The same tube with `margin` added to every non-zero radius."""
-        grow = [(a + margin if a > 0 else 0.0, b + margin if b > 0 else 0.0) for a, b in zip(self.half_u, self.half_v)]
+        grow = [(a + margin if a > 0 else 0.0, b + margin if b > 0 else 0.0)
+                for a, b in zip(self.half_u, self.half_v, strict=False)]
         return Tube(self.s_table, tuple(g[0] for g in grow), tuple(g[1] for g in grow), self.centre_v)
 
     def chunks(self, length: float = 40.0) -> list[Tube]:
@@ -381,7 +382,7 @@ class Tube:
         s = np.asarray(self.s_table)
         edges = np.arange(s[0], s[-1], length).tolist() + [s[-1]]
         pieces = []
-        for a, b in zip(edges[:-1], edges[1:]):
+        for a, b in zip(edges[:-1], edges[1:], strict=False):
             grid = np.unique(np.concatenate([[a, b], s[(s > a) & (s < b)]]))
             pieces.append(
                 Tube(
@@ -618,7 +619,7 @@ def _make_centreline(vertebrae, sacrum_top, sacrum_len, curve) -> Centreline:
 def _disc_paints(vertebrae, discs, missing_disc, frames) -> list[Paint]:
     """Each disc fills the wedge between two endplate planes; its section blends the two bodies'."""
     paints = []
-    for above, below in zip(vertebrae[1:], vertebrae[2:] + [None]):
+    for above, below in zip(vertebrae[1:], vertebrae[2:] + [None], strict=False):
         label = _disc_above(L.SACRUM if below is None else below.label)
         top, bottom = discs[label]
         if label == missing_disc:
@@ -827,7 +828,7 @@ def _spine_coords(anat: Anatomy, shape, affine) -> tuple[np.ndarray, np.ndarray,
     """(u, v, s) at every voxel centre: exact on a ~4 mm lattice, trilinear in between (the map is smooth)."""
     vox = np.linalg.norm(affine[:3, :3], axis=0)
     steps = [max(1, int(_COARSE_MM // v)) for v in vox]
-    axes = [np.arange(math.ceil((n - 1) / k) + 1) * k for n, k in zip(shape, steps)]
+    axes = [np.arange(math.ceil((n - 1) / k) + 1) * k for n, k in zip(shape, steps, strict=False)]
     ijk = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
     coarse_shape = tuple(len(a) for a in axes)
@@ -839,7 +840,7 @@ def _spine_coords(anat: Anatomy, shape, affine) -> tuple[np.ndarray, np.ndarray,
 def _upsample(coarse: np.ndarray, steps, shape) -> np.ndarray:
     """Separable linear interpolation from a lattice of every `steps[a]`-th voxel to the full grid."""
     out = coarse
-    for axis, (k, n) in enumerate(zip(steps, shape)):
+    for axis, (k, n) in enumerate(zip(steps, shape, strict=False)):
         if k == 1:
             out = out.take(np.arange(n), axis=axis)
             continue
@@ -865,7 +866,7 @@ def _block(mapping, extent, shape, inv_affine) -> tuple[slice, ...] | None:
     lo, hi = np.maximum(lo, 0), np.minimum(hi, shape)
     if np.any(hi <= lo):
         return None
-    return tuple(slice(a, b) for a, b in zip(lo, hi))
+    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))
 
 
 def _block_world(blk: tuple[slice, ...], affine: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -999,11 +1000,12 @@ def write_phantom(
     """Write image.nii.gz and labels.nii.gz (and the localizer pair) into `outdir`."""
     outdir = Path(outdir)
     ph = make_phantom(seed, fov, orientation, voxel, contrast, extra_lumbar, missing_disc, oblique_deg)
-    paths = dict(zip(("image", "labels"), _save_pair(ph, outdir / "image.nii.gz", outdir / "labels.nii.gz")))
+    pair = _save_pair(ph, outdir / "image.nii.gz", outdir / "labels.nii.gz")
+    paths = dict(zip(("image", "labels"), pair, strict=False))
     if localizer:
         loc = make_localizer(seed, extra_lumbar, missing_disc)
         pair = _save_pair(loc, outdir / "localizer.nii.gz", outdir / "localizer_labels.nii.gz")
-        paths |= dict(zip(("localizer", "localizer_labels"), pair))
+        paths |= dict(zip(("localizer", "localizer_labels"), pair, strict=False))
     return paths
 
 

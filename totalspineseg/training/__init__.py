@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import labels as L
-from . import volume
-from .errors import InputError, TotalSpineSegError, WeightsError
-from .weights import STEP_DATASETS
+from .. import labels as L
+from .. import volume
+from ..errors import InputError, TotalSpineSegError, WeightsError
+from ..weights import STEP_DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -502,7 +502,7 @@ def apply_plans_override(plans: dict, configuration: str, override: dict) -> dic
     patch = [int(p) for p in override.get("patch_size", cfg["patch_size"])]
     strides = _strides(patch, n_stages)
     total = np.prod(np.asarray(strides), axis=0)
-    cfg["patch_size"] = [int(math.ceil(p / t) * t) for p, t in zip(patch, total)]
+    cfg["patch_size"] = [int(math.ceil(p / t) * t) for p, t in zip(patch, total, strict=False)]
     blocks_key = "n_blocks_per_stage" if "n_blocks_per_stage" in arch else "n_conv_per_stage"
     arch.update(n_stages=n_stages, features_per_stage=features, strides=strides,
                 kernel_sizes=[[3] * len(patch)] * n_stages)
@@ -707,7 +707,7 @@ def export_release(results_dir, out_dir, release: str, fold: int | str = 0, chec
 def _export_dataset(model_dir: Path, out_dir: Path, release: str, fold, checkpoint: str) -> Path:
     import torch
 
-    from .predictor import read_checkpoint
+    from ..predictor import read_checkpoint
 
     source = model_dir / f"fold_{fold}" / f"checkpoint_{checkpoint}.pth"
     if not source.is_file():

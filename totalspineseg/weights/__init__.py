@@ -50,7 +50,7 @@ CHECKPOINTS = ("checkpoint_best.pth", "checkpoint_final.pth")  # upstream loads 
 MANIFEST_NAME = "totalspineseg-weights.json"
 ENV_VAR = "TOTALSPINESEG_DATA"
 INSTALL_COMMAND = "totalspineseg-weights install"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PACKAGE_DATA = PACKAGE_DIR / "data"  # read-only fallback root; install never writes here
 GITHUB_DOWNLOADS = "https://github.com/neuropoly/totalspineseg/releases/download"
 

@@ -1,0 +1,97 @@
+"""Process-level facts and guards: how many CPU threads to use, and keeping nnU-Net's prints off stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _positive_int(text: str | None) -> int | None:
+    text = (text or "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPU quota of this cgroup (v2 `cpu.max`, or v1 `cpu.cfs_quota_us`), rounded up; None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, -(-int(quota) // int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return max(1, -(-quota // period)) if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def allowed_cpus(environ: Mapping[str, str] = os.environ, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: SLURM_CPUS_PER_TASK, else the CPU affinity capped by the cgroup quota."""
+    slurm = _positive_int(environ.get("SLURM_CPUS_PER_TASK"))
+    if slurm:
+        return slurm
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(cgroup_root)
+    return max(1, min(cpus, quota) if quota else cpus)
+
+
+def resolve_threads(requested: int | None = None, jobs: int = 1, environ: Mapping[str, str] = os.environ,
+                    cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPU threads for each of `jobs` parallel jobs.
+
+    The CPUs allowed come from SLURM_CPUS_PER_TASK, else the affinity and cgroup quota; OMP_NUM_THREADS, when
+    set, is the default; an explicit `requested` wins over both. The answer never exceeds the allowed CPUs
+    shared among the jobs (oversubscribing only slows every job down).
+    """
+    if requested is not None and int(requested) < 1:
+        raise ValueError(f"threads must be a positive integer, got {requested}")
+    share = max(1, allowed_cpus(environ, cgroup_root) // max(1, jobs))
+    wanted = int(requested) if requested is not None else _positive_int(environ.get("OMP_NUM_THREADS"))
+    if wanted is None:
+        return share
+    if wanted > share:
+        log.debug("%d threads asked for, %d CPUs allowed per job: using %d", wanted, share, share)
+    return min(wanted, share)
+
+
+def _not_distutils(record: logging.LogRecord) -> bool:
+    return not record.name.startswith("distutils")
+
+
+@contextlib.contextmanager
+def nnunet_output(what: str = "nnU-Net") -> Iterator[None]:
+    """Keep nnU-Net's prints (and distutils' copy logs) off the console.
+
+    They go to the debug log when the call succeeds and to the error log when it fails, where they are
+    often the only explanation.
+    """
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    root.addFilter(_not_distutils)
+    failed = False
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        root.removeFilter(_not_distutils)
+        lines = [line.rstrip() for line in buffer.getvalue().splitlines() if line.strip()]
+        if failed and lines:
+            log.error("%s printed before failing:\n  %s", what, "\n  ".join(lines[-40:]))
+        else:
+            for line in lines:
+                log.debug("%s: %s", what, line)
