@@ -252,7 +252,7 @@ def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(P.os, "replace", broken_replace)
+    monkeypatch.setattr("totalspineseg.fsutil.os.replace", broken_replace)
     with pytest.raises(OSError):
         P.render_preview(image, seg, affine, tmp_path / "p.jpg", width_px=400)
     assert list(tmp_path.iterdir()) == []

@@ -12,8 +12,6 @@ view (patient right on the viewer's left, anterior up). Both are written on the 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 
 from . import labels as L
+from .fsutil import atomic_write
 from .geometry import Centerline
 
 __all__ = [
@@ -521,29 +520,6 @@ def _encode(fig: Figure, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _current_umask() -> int:
-    try:  # Linux reports it without the race of setting and restoring it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def _write_atomic(data: bytes, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        # mkstemp creates 0600 files; a preview must be readable like any other output (group QC, web servers).
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_preview(image: np.ndarray, seg: np.ndarray | None, affine: np.ndarray, out_path, *,
                    title: str = "", levels: np.ndarray | None = None, tags: bool = True,
                    alpha: float = 0.45, width_px: int = 1600) -> Path:
@@ -556,7 +532,7 @@ def render_preview(image: np.ndarray, seg: np.ndarray | None, affine: np.ndarray
     fmt = "png" if out_path.suffix.lower() == ".png" else "jpeg"
     data = render_preview_bytes(image, seg, affine, fmt=fmt, title=title, levels=levels, tags=tags,
                                 alpha=alpha, width_px=width_px)
-    _write_atomic(data, out_path)
+    atomic_write(out_path, data)
     return out_path
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-import os
-import secrets
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from nibabel.spatialimages import HeaderDataError
 from scipy import ndimage
 
 from .errors import InputError
+from .fsutil import NIFTI_SUFFIXES, atomic_path
 
 __all__ = [
     "Volume",
@@ -54,7 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 RESAMPLE_KINDS = ("image", "labels", "soft", "points")
 
 # A target voxel is "on" a source axis when its continuous index lies in [-0.5, n - 0.5] (SimpleITK's
@@ -541,15 +539,8 @@ def save_nifti(path, data, affine, dtype=None, header=None) -> Path:
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     img.header.set_slope_inter(None, None)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden name ('.' first) that other writers' globs skip; the suffix tells nibabel the format.
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.{secrets.token_hex(6)}{suffix}")
-    try:
+    with atomic_path(path) as tmp:  # hidden, and keeps the suffix that tells nibabel the format
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

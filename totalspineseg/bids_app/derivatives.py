@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .. import __version__
 from .. import labels as L
+from ..fsutil import atomic_write
 
 BIDS_VERSION = "1.10.0"
 APP_NAME = "totalspineseg"
@@ -305,28 +305,11 @@ def shared_files(raw_description: dict, bids_dir: str, environ=os.environ) -> di
     }
 
 
-# --- atomic writes ----------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write through a hidden temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+# --- writing -----------------------------------------------------------------------------------------
 
 
 def write_json(path: Path, obj) -> Path:
-    return write_atomic(path, json.dumps(obj, indent=2) + "\n")
+    return atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_shared(path: Path, text: str) -> bool:
@@ -340,7 +323,7 @@ def write_shared(path: Path, text: str) -> bool:
             return False
     except (FileNotFoundError, UnicodeDecodeError):
         pass
-    write_atomic(path, text)
+    atomic_write(path, text)
     return True
 
 

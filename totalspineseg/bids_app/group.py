@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from .. import labels as L
-from . import derivatives as D
+from ..fsutil import atomic_write
 from . import report
 from .validation import MissingInput
 
@@ -56,7 +56,7 @@ def write_participant_report(output_dir: Path, subject: str) -> Path:
     records = records_of(subject_dir)
     volumes = {r["id"]: volumes_of(output_dir, r) for r in records}
     page = report.participant_page(subject, records, volumes, crashes_of(subject_dir))
-    return D.write_atomic(output_dir / f"sub-{subject}.html", page)
+    return atomic_write(output_dir / f"sub-{subject}.html", page)
 
 
 # --- group --------------------------------------------------------------------------------------------
@@ -90,9 +90,9 @@ def run_group(output_dir: Path, subjects: list[str] | None = None) -> tuple[Path
     records = [r for d in _subject_dirs(output_dir, subjects) for r in records_of(d)]
     if not records:
         raise MissingInput(f"{output_dir}: no processed image found; run the participant level first")
-    tsv = D.write_atomic(output_dir / GROUP_TSV, group_table(output_dir, records))
+    tsv = atomic_write(output_dir / GROUP_TSV, group_table(output_dir, records))
     rows = [report.group_row(i + 1, r, _thumbnail(output_dir, r)) for i, r in enumerate(records)]
-    html_path = D.write_atomic(output_dir / GROUP_HTML, report.group_page(rows))
+    html_path = atomic_write(output_dir / GROUP_HTML, report.group_page(rows))
     log.info("group level: %d image(s) -> %s, %s", len(records), tsv, html_path)
     return tsv, html_path
 

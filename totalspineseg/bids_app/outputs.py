@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, volume
+from ..fsutil import atomic_write
 from ..pipeline import Outputs, SegmentationResult
 from . import derivatives as D
 from . import qc
@@ -96,7 +97,7 @@ def write_stats(out_dir: Path, job: Job, result: SegmentationResult, step1_only:
                          flags_on=(final_labels(result.iso, step1_only), result.iso.grid.affine))
     path = out_dir / D.stats_path(job.entities)
     path.parent.mkdir(parents=True, exist_ok=True)
-    written.append(D.write_atomic(path, qc.stats_table(assessed)))
+    written.append(atomic_write(path, qc.stats_table(assessed)))
     meta = {**STATS_COLUMNS, "Sources": [D.bids_uri(job.source)], "QC": assessed.summary()}
     written.append(D.write_json(path.with_suffix(".json"), meta))
     return assessed

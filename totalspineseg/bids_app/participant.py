@@ -20,6 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from .. import __version__, volume
+from ..fsutil import atomic_write
 from ..pipeline import PipelineOptions, segment
 from . import derivatives as D
 from . import outputs
@@ -89,7 +90,7 @@ def write_crash(output_dir: Path, job: Job, exc: BaseException | str) -> Path:
     reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     detail = "" if isinstance(exc, str) else "\n" + "".join(traceback.format_exception(exc))
     text = f"image: {job.source}\nrole: {job.role}\nversion: {__version__}\nreason: {reason}\n{detail}"
-    return D.write_atomic(path, text)
+    return atomic_write(path, text)
 
 
 def _remove(paths) -> None:
