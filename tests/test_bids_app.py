@@ -21,6 +21,7 @@ from bids_oracle import TruthProvider, truth_path
 from totalspineseg import labels as L
 from totalspineseg.bids_app import derivatives as D
 from totalspineseg.bids_app import main, qc
+from totalspineseg.bids_app.record import ImageRecord
 from totalspineseg.bids_app.validation import find_validator
 from totalspineseg.synth import phantom
 from totalspineseg.training import metrics
@@ -368,3 +369,11 @@ def test_group_without_participant_outputs_exits_66(example, tmp_path):
     assert main([str(example), str(tmp_path / "o"), "group"]) == 66
     (tmp_path / "o").mkdir()
     assert main([str(example), str(tmp_path / "o"), "group"]) == 66
+
+
+def test_markers_on_disk_read_back_as_records(processed):
+    markers = list(processed.out.glob("sub-*/log/*.done.json"))
+    assert markers
+    for marker in markers:
+        data = json.loads(marker.read_text())
+        assert ImageRecord.from_json(data).to_json() == data

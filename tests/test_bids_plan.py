@@ -6,7 +6,8 @@ import time
 import pytest
 
 from totalspineseg.bids_app import main, plan
-from totalspineseg.bids_app.parser import UsageError, parse_localizer_specs, read_filter_file, read_labels
+from totalspineseg.bids_app.parser import parse_localizer_specs, read_filter_file, read_labels
+from totalspineseg.errors import NothingSelected, UsageError
 
 LOC = [("acq", "localizer")]
 
@@ -113,9 +114,9 @@ def test_participant_and_session_filters(tmp_path):
     assert p.subjects == ["02"] and len(p.jobs) == 2
     p = make(tmp_path / "ds2", SESSIONS, sessions=["2"])
     assert sorted(j.image_id for j in p.jobs) == ["sub-01_ses-2_acq-sag", "sub-02_chunk-2", "sub-02_run-1"]
-    with pytest.raises(plan.NothingSelected, match="05"):
+    with pytest.raises(NothingSelected, match="05"):
         make(tmp_path / "ds3", SESSIONS, subjects=["02", "05"])
-    with pytest.raises(plan.NothingSelected):
+    with pytest.raises(NothingSelected):
         make(tmp_path / "ds4", SESSIONS, filters={"main": {"suffix": "FLAIR"}})
 
 

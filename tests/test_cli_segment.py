@@ -117,8 +117,7 @@ def test_missing_weights_message_names_the_install_command(tmp_path, images, mon
 
 
 def test_help_lists_every_upstream_option(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
+    assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out
     for opt in ("--step1", "--iso", "--loc", "--suffix", "--loc-suffix", "--keep-only", "--data-dir", "--device",
                 "--max-workers", "--quiet", "--weights", "--keep-intermediate", "--version"):

@@ -11,7 +11,9 @@ import pytest
 from scipy import ndimage
 
 from totalspineseg import labels as L
+from totalspineseg.bids_app import derivatives
 from totalspineseg.cli import phantom as phantom_cli
+from totalspineseg.errors import CannotCreate, UsageError
 from totalspineseg.synth import phantom
 
 ISO = (1.0, 1.0, 1.0)
@@ -247,23 +249,55 @@ def test_cli_writes_one_phantom_with_localizer(tmp_path):
     assert L.DISC_L5_S in np.asarray(lab.dataobj)
 
 
+@pytest.mark.parametrize("argv", [["--fov", "neck"], ["--voxel", "1", "1"], ["--bids"], ["--participants", "2"]])
+def test_cli_parser_errors_exit_64_with_usage(tmp_path, capsys, argv):
+    assert phantom_cli.main([str(tmp_path / "x"), *argv]) == 64
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("usage: totalspineseg-phantom")
+    assert lines[-1].startswith("totalspineseg-phantom: error:")
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize(
-    "argv",
+    "argv,problem",
     [
-        ["--orientation", "RRS"],
-        ["--missing-disc", str(L.C2)],
-        ["--missing-disc", str(L.DISC_L5_L6)],
-        ["--fov", "neck"],
-        ["--voxel", "1", "0", "1"],
-        ["--bids"],
-        ["--participants", "2"],
+        (["--orientation", "RRS"], "invalid orientation code 'RRS'"),
+        (["--missing-disc", str(L.C2)], f"missing disc {L.C2} is not a disc label"),
+        (["--missing-disc", str(L.DISC_L5_L6)], "L5-L6 exists only with an extra lumbar vertebra"),
+        (["--voxel", "1", "0", "1"], "voxel sizes must be three positive numbers"),
+        (["--oblique", "45"], "oblique tilt must be within 30 degrees"),
+        (["--bids", "--participants", "0"], "--participants must be at least 1"),
     ],
 )
-def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, argv):
-    assert phantom_cli.main([str(tmp_path / "x"), *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("totalspineseg-phantom: error:") and "\n" not in err
+def test_cli_bad_phantom_parameters_are_a_one_line_usage_error(tmp_path, capsys, argv, problem):
+    assert phantom_cli.main([str(tmp_path / "x"), *argv]) == UsageError.exit_code == 64
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("totalspineseg-phantom: error:") and problem in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("argv", [["--fov", "cervical", "--voxel", "2", "2", "2"], ["--bids", "--participants", "1"]])
+def test_cli_unwritable_output_is_a_one_line_cannot_create(tmp_path, capsys, argv):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = blocker / "out"  # below a plain file: no folder can be made there, whoever runs the test
+    assert phantom_cli.main([str(out), *argv]) == CannotCreate.exit_code == 73
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"totalspineseg-phantom: error: cannot write {out}: ")
+
+
+def test_phantom_spec_is_the_one_parameter_list(tmp_path):
+    spec = phantom.PhantomSpec(6, "cervical", "lps", [2, 2, 2], "T1w", missing_disc=D["C4-C5"], oblique_deg=5)
+    assert spec.orientation == "LPS" and spec.voxel == (2.0, 2.0, 2.0)
+    a = phantom.make_phantom(spec)
+    b = phantom.make_phantom(6, "cervical", "LPS", (2, 2, 2), "T1w", missing_disc=D["C4-C5"], oblique_deg=5)
+    assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("image", "labels", "affine"))
+    paths = phantom.write_phantom(tmp_path, spec)
+    assert np.array_equal(np.asarray(nib.load(paths["labels"]).dataobj), a.labels)
+    with pytest.raises(ValueError, match="unknown contrast"):
+        phantom.PhantomSpec(contrast="PD")
+    with pytest.raises(ValueError, match="unknown field of view"):
+        phantom.make_phantom(fov="neck")
 
 
 def test_bids_dataset_with_sessions_and_localizers(tmp_path):
@@ -272,10 +306,11 @@ def test_bids_dataset_with_sessions_and_localizers(tmp_path):
     assert phantom_cli.main(argv) == 0
 
     desc = json.loads((root / "dataset_description.json").read_text())
-    assert desc["BIDSVersion"] == "1.10.0" and desc["DatasetType"] == "raw"
+    assert desc["BIDSVersion"] == derivatives.BIDS_VERSION and desc["DatasetType"] == "raw"
     assert {"Name", "License", "Authors", "GeneratedBy"} <= desc.keys()
     deriv = root / "derivatives" / "labels"
     assert json.loads((deriv / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    assert (deriv / "desc-spine_dseg.tsv").read_text() == derivatives.dseg_lut()
     assert (root / "README").is_file() and (root / "participants.json").is_file()
     rows = (root / "participants.tsv").read_text().splitlines()
     assert rows[0].split("\t")[0] == "participant_id"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -24,8 +25,8 @@ from totalspineseg.predictor import (
     ras_to_nnunet_axes,
     read_checkpoint,
     resolve_device,
-    resolve_threads,
 )
+from totalspineseg.runtime import allowed_cpus
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("nnunetv2")
@@ -75,17 +76,11 @@ def test_import_is_cheap():
     assert out.strip() == "[]"
 
 
-def test_threads_come_from_argument_then_slurm_then_omp_then_affinity(monkeypatch):
-    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
-    monkeypatch.setenv("OMP_NUM_THREADS", "5")
-    assert resolve_threads(7) == 7
-    assert resolve_threads() == 3
-    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
-    assert resolve_threads() == 5
-    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
-    assert resolve_threads() == len(os.sched_getaffinity(0))
-    with pytest.raises(ValueError):
-        resolve_threads(0)
+def test_threads_are_capped_at_the_allowed_cpus_and_must_be_positive(resenc_folder):
+    # how the count is settled (SLURM, OMP_NUM_THREADS, cgroup quota) is tested in test_runtime.py
+    assert load_model(resenc_folder, device="cpu", threads=10_000).threads == allowed_cpus()
+    with pytest.raises(ValueError, match="positive integer"):
+        load_model(resenc_folder, device="cpu", threads=0)
 
 
 def test_device_is_cpu_or_cuda():
@@ -242,6 +237,21 @@ def test_same_result_as_nnunet_predicting_the_nifti_files(request, tmp_path, mod
 
 
 # --- no trainer, no timm, nothing written ---------------------------------------------------------------------------
+
+def test_nnunet_prints_reach_the_log_when_nnunet_fails(resenc_folder, monkeypatch, caplog, capsys):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    def print_then_fail(self, dataset_json):
+        print("label manager: regions_class_order is missing")
+        raise RuntimeError("no label manager")
+
+    monkeypatch.setattr(PlansManager, "get_label_manager", print_then_fail)
+    with caplog.at_level(logging.DEBUG, logger="totalspineseg"), pytest.raises(RuntimeError, match="no label"):
+        load_model(resenc_folder, device="cpu", threads=1)
+    assert capsys.readouterr().out == ""
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("regions_class_order is missing" in message for message in errors), caplog.text
+
 
 def test_loading_never_looks_up_a_trainer(resenc_folder, monkeypatch):
     import nnunetv2.inference.predict_from_raw_data as predict_module

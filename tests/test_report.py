@@ -8,16 +8,19 @@ import chromium
 from PIL import Image
 
 from totalspineseg.bids_app import report
+from totalspineseg.bids_app.record import ImageRecord
 
 
 def _record(i, flags=(), figure=None):
-    return {"source": f"sub-{i:02d}/anat/sub-{i:02d}_T2w.nii.gz", "id": f"sub-{i:02d}", "subject": f"{i:02d}",
+    return ImageRecord.from_json({
+        "fingerprint": "f", "stats": f"sub-{i:02d}/anat/x.tsv", "source": f"sub-{i:02d}/anat/sub-{i:02d}_T2w.nii.gz",
+        "id": f"sub-{i:02d}", "subject": f"{i:02d}",
             "session": None, "role": "main", "localizer": None, "figure": figure,
             "outputs": [f"sub-{i:02d}/anat/sub-{i:02d}_desc-spine_dseg.nii.gz"],
             "qc": {"n_vertebrae": 10 + i, "n_discs": 9 + i, "top": "T2", "bottom": "L1", "cord_mm3": 1000.0 * i,
                    "canal_mm3": 5000.0, "cord_in_canal": 0.99, "flags": [dict(f) for f in flags]},
             "levels": [{"level": 9, "name": "T2-T3", "voxel": [1, 2, 3], "world_mm": [0.5, 1.0, -2.0]}],
-            "provenance": {"ModelRelease": "demo", "Device": "cpu"}, "seconds": 1.5, "finished": "2026-01-01"}
+            "provenance": {"ModelRelease": "demo", "Device": "cpu"}, "seconds": 1.5, "finished": "2026-01-01"})
 
 
 def _jpeg(path, size=(300, 600), colour=(200, 40, 40)):

@@ -237,6 +237,24 @@ def test_strip_checkpoint_keeps_what_inference_needs():
         training.strip_checkpoint({"state": 1})
 
 
+def test_failed_export_leaves_no_zip_and_no_temporary_file(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    model = tmp_path / "results" / training.DATASET_NAMES[101] / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "plans.json").write_text("{}")
+    torch.save({"network_weights": {"w": torch.zeros(2)}, "optimizer_state": {}}, model / "fold_0" /
+               "checkpoint_final.pth")
+
+    def refuse(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("totalspineseg.fsutil.os.replace", refuse)
+    exports = tmp_path / "exports"
+    with pytest.raises(OSError, match="disk full"):
+        training.export_release(tmp_path / "results", exports, "r1")
+    assert list(exports.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_export_release_zips_install_and_load(tmp_path):
     pytest.importorskip("nnunetv2")

@@ -16,6 +16,7 @@ import pytest
 from totalspineseg import weights
 from totalspineseg.cli.weights import main
 from totalspineseg.errors import WeightsError
+from totalspineseg.weights import locate
 
 RELEASE = "rtest"
 MODEL = "nnUNetTrainerDAExtGPU__nnUNetPlans__3d_fullres"
@@ -121,7 +122,7 @@ def isolated(tmp_path, monkeypatch):
     """No real cache, env var or package weights; a registry entry for the local server."""
     monkeypatch.delenv(weights.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(weights, "PACKAGE_DATA", tmp_path / "package-data")
+    monkeypatch.setattr(locate, "PACKAGE_DATA", tmp_path / "package-data")
 
 
 @pytest.fixture

@@ -106,6 +106,20 @@ def run_main(prog: str, body: Callable[[], int], verbose: Callable[[], int] = la
         return InternalError.exit_code
 
 
+def run_command(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int],
+                argv: Sequence[str] | None = None) -> int:
+    """The `main()` of every console script: parse, set up logging, run `body(args)` through `run_main`."""
+    seen: dict[str, int] = {}
+
+    def parse_and_run() -> int:
+        args = parser.parse_args(argv)
+        seen["verbose"] = getattr(args, "verbose", 0) or 0
+        setup_logging(seen["verbose"], getattr(args, "quiet", False))
+        return body(args)
+
+    return run_main(parser.prog, parse_and_run, verbose=lambda: seen.get("verbose", 0))
+
+
 def describe_exception(exc: BaseException) -> str:
     """`Type: first line of the message`, for one-line reports of unexpected exceptions."""
     text = str(exc).strip().splitlines()

@@ -2,7 +2,7 @@
 
 Messages are one line and name the file and the problem. The codes follow the BIDS-Apps execution spec
 (sysexits.h where it has a meaning), and the same code means the same thing in every console script.
-`EXIT_CODES` is the table that `--help` prints; it is built from the classes, so the two cannot drift.
+`exit_codes_help()` is the table that `--help` prints; it is built from the classes, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -42,10 +42,6 @@ class MissingInput(TotalSpineSegError):
 
     exit_code = 66  # EX_NOINPUT
     meaning = "missing input"
-
-    def __init__(self, path, problem: str = "no such file or folder"):
-        self.path = str(path)
-        super().__init__(f"{self.path}: {problem}")
 
 
 class InvalidDataset(TotalSpineSegError):

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -22,6 +25,10 @@ from . import volume
 from .errors import LabelingError
 from .labeling import LabelingParams, LabelingResult, Localizer, label_step1, label_step2
 from .postprocess import complete_discs, disc_level_points, mask_soft, odd_disc_mask
+
+if TYPE_CHECKING:
+    from .predictor import Prediction
+    from .weights import ModelPaths
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +48,29 @@ class PipelineOptions:
     progress: bool = False
 
 
+class Model(Protocol):
+    """What the pipeline asks of a network: `predictor.LoadedModel`, or a stand-in in the tests."""
+
+    device: Any  # a torch.device, or a device name
+
+    def predict(self, image_channels: np.ndarray, spacing: Sequence[float] | None = None,
+                return_probabilities: bool | Sequence[int] = False, progress: bool = False,
+                affine: np.ndarray | None = None) -> Prediction: ...
+
+
 @dataclass
 class Models:
     """The two loaded networks plus provenance."""
 
-    step1: object  # predictor.LoadedModel
-    step2: object | None
+    step1: Model
+    step2: Model | None
     release: str = "custom"
     sha256: dict = field(default_factory=dict)
     device: str = "cpu"
 
     @classmethod
-    def load(cls, paths, device: str = "auto", threads: int | None = None, step1_only: bool = False) -> Models:
+    def load(cls, paths: ModelPaths, device: str = "auto", threads: int | None = None,
+             step1_only: bool = False) -> Models:
         """Load the networks of a `weights.ModelPaths`."""
         from .predictor import load_model
 
@@ -132,7 +150,10 @@ class _Timer:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def as_localizer(loc) -> Localizer | None:
+LocalizerSource = str | Path | volume.Volume | Localizer | None
+
+
+def as_localizer(loc: LocalizerSource) -> Localizer | None:
     """A localizer segmentation given as a path, a `volume.Volume` or a `Localizer`."""
     if loc is None or isinstance(loc, Localizer):
         return loc
@@ -141,7 +162,8 @@ def as_localizer(loc) -> Localizer | None:
     return Localizer(loc.data, loc.affine)
 
 
-def segment(image, models: Models, localizer=None, options: PipelineOptions = PipelineOptions()) -> SegmentationResult:
+def segment(image: str | Path | volume.Volume, models: Models, localizer: LocalizerSource = None,
+            options: PipelineOptions = PipelineOptions()) -> SegmentationResult:
     """Run the whole pipeline on one image (a path or a `volume.Volume`)."""
     timer = _Timer()
     with timer.stage("load"):

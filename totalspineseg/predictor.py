@@ -20,8 +20,6 @@ is applied on top by nnU-Net's preprocessor, exactly as in training.
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
 import pickle
 import pydoc
@@ -33,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from totalspineseg.errors import TotalSpineSegError, WeightsError
+from totalspineseg.runtime import nnunet_output, resolve_threads
+from totalspineseg.weights.registry import CHECKPOINT_NAMES, DATASET_JSON, PLANS_JSON, fold_dir_name, model_name_parts
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
-    "CHECKPOINT_NAMES",
     "LoadedModel",
     "ModelFolder",
     "Prediction",
@@ -47,13 +46,7 @@ __all__ = [
     "ras_to_nnunet_axes",
     "read_checkpoint",
     "resolve_device",
-    "resolve_threads",
 ]
-
-log = logging.getLogger(__name__)
-
-#: Checkpoint files looked for in ``fold_N/``, in order of preference (as upstream TotalSpineSeg does).
-CHECKPOINT_NAMES = ("checkpoint_best.pth", "checkpoint_final.pth")
 
 # Readers that give a RAS+ NIfTI as the nibabel array with its axes reversed (checked in tests/test_predictor.py).
 _AXIS_REVERSING_READERS = frozenset({"SimpleITKIO", "SimpleITKIOWithReorient", "NibabelIO", "NibabelIOWithReorient"})
@@ -90,38 +83,21 @@ class ModelFolder:
     @classmethod
     def open(cls, path: str | os.PathLike) -> ModelFolder:
         path = Path(path)
-        return cls(path, _read_json(path / "dataset.json"), _read_json(path / "plans.json"))
+        return cls(path, _read_json(path / DATASET_JSON), _read_json(path / PLANS_JSON))
 
     @property
     def name_parts(self) -> tuple[str, str, str] | None:
         """``(trainer, plans, configuration)`` from the folder name, or None if it is not in that form."""
-        parts = self.path.name.split("__")
-        return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+        return model_name_parts(self.path.name)
 
     def checkpoint_path(self, fold: int | str = 0, checkpoint: str | None = None) -> Path:
         """The checkpoint file of ``fold``: ``checkpoint`` if given, else best, else final."""
-        fold_dir = self.path / f"fold_{fold}"
+        fold_dir = self.path / fold_dir_name(fold)
         names = (checkpoint,) if checkpoint else CHECKPOINT_NAMES
         for name in names:
             if (fold_dir / name).is_file():
                 return fold_dir / name
         raise WeightsError(f"{fold_dir}: no checkpoint found (looked for {', '.join(names)})")
-
-
-def resolve_threads(threads: int | None = None) -> int:
-    """CPU threads for torch: ``threads``, else SLURM_CPUS_PER_TASK, else OMP_NUM_THREADS, else the CPU affinity."""
-    if threads is not None:
-        if int(threads) < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads}")
-        return int(threads)
-    for variable in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
-        value = os.environ.get(variable, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -200,15 +176,15 @@ def _unsafe_globals(path: Path) -> str:
     return ", ".join(name for name in names if name not in allowed) or "non-allowlisted objects"
 
 
-def _global_name(entry) -> str:
+def _global_name(entry: Any) -> str:
     return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
 
 
 class LoadedModel:
     """A network with its nnU-Net plans, ready to predict. Create it with :func:`load_model`."""
 
-    def __init__(self, folder: ModelFolder, network, state_dict: dict, configuration: str, trainer_name: str,
-                 device: torch.device, threads: int):
+    def __init__(self, folder: ModelFolder, network: torch.nn.Module, state_dict: dict, configuration: str,
+                 trainer_name: str, device: torch.device, threads: int):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -219,7 +195,7 @@ class LoadedModel:
         self.threads = threads
         self.plans_manager = PlansManager(folder.plans)
         self.configuration_manager = self.plans_manager.get_configuration(configuration)
-        with _quiet():
+        with nnunet_output():
             self.label_manager = self.plans_manager.get_label_manager(folder.dataset_json)
             self._predictor = nnUNetPredictor(
                 tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
@@ -313,7 +289,11 @@ class LoadedModel:
 
 def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, checkpoint: str | None = None,
                device: str = "auto", threads: int | None = None) -> LoadedModel:
-    """Load ``fold`` of a trained-model folder; ``checkpoint`` defaults to best, then final."""
+    """Load ``fold`` of a trained-model folder; ``checkpoint`` defaults to best, then final.
+
+    ``threads``: CPU threads for torch, as `totalspineseg.runtime.resolve_threads` settles them (never more than
+    the CPUs this process may use; without it, OMP_NUM_THREADS, else all of them).
+    """
     import torch
 
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder.open(folder)
@@ -344,12 +324,12 @@ def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, che
 def _check_supported(folder: ModelFolder) -> None:
     reader = folder.plans.get("image_reader_writer")
     if reader not in _AXIS_REVERSING_READERS:
-        raise WeightsError(f"{folder.path / 'plans.json'}: image_reader_writer {reader!r} is not supported "
+        raise WeightsError(f"{folder.path / PLANS_JSON}: image_reader_writer {reader!r} is not supported "
                            f"(supported: {', '.join(sorted(_AXIS_REVERSING_READERS))})")
     if not folder.dataset_json.get("channel_names"):
-        raise WeightsError(f"{folder.path / 'dataset.json'}: no channel_names")
+        raise WeightsError(f"{folder.path / DATASET_JSON}: no channel_names")
     if max(_label_values(folder.dataset_json)) > 255:
-        raise WeightsError(f"{folder.path / 'dataset.json'}: label values above 255 do not fit a uint8 label map")
+        raise WeightsError(f"{folder.path / DATASET_JSON}: label values above 255 do not fit a uint8 label map")
 
 
 def _label_values(dataset_json: dict) -> list[int]:
@@ -363,7 +343,7 @@ def _configuration_name(folder: ModelFolder, content: dict) -> str:
     init_args = content.get("init_args") or {}
     name = init_args.get("configuration") or (folder.name_parts or (None, None, None))[2]
     if name not in folder.plans.get("configurations", {}):
-        raise WeightsError(f"{folder.path / 'plans.json'}: configuration {name!r} not in the plans")
+        raise WeightsError(f"{folder.path / PLANS_JSON}: configuration {name!r} not in the plans")
     if folder.plans["configurations"][name].get("previous_stage"):
         raise WeightsError(f"{folder.path}: cascade configurations ({name}) are not supported")
     return name
@@ -380,14 +360,14 @@ def _strip_wrapper_prefixes(weights: dict[str, Any]) -> dict[str, Any]:
     return weights
 
 
-def _build_network(folder: ModelFolder, configuration: str):
+def _build_network(folder: ModelFolder, configuration: str) -> torch.nn.Module:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans_manager = PlansManager(folder.plans)
     manager = plans_manager.get_configuration(configuration)
-    with _quiet():
+    with nnunet_output():
         n_inputs = determine_num_input_channels(plans_manager, manager, folder.dataset_json)
         n_outputs = plans_manager.get_label_manager(folder.dataset_json).num_segmentation_heads
     class_name = _locate_architecture(manager.network_arch_class_name, folder)
@@ -408,7 +388,7 @@ def _locate_architecture(class_name: str, folder: ModelFolder) -> str:
     for module in _ARCHITECTURE_MODULES:
         if pydoc.locate(f"{module}.{short_name}") is not None:
             return f"{module}.{short_name}"
-    raise WeightsError(f"{folder.path / 'plans.json'}: network class {class_name!r} not found")
+    raise WeightsError(f"{folder.path / PLANS_JSON}: network class {class_name!r} not found")
 
 
 def _spacing(spacing: Sequence[float] | None, affine: np.ndarray | None) -> tuple[float, ...]:
@@ -449,14 +429,3 @@ def _read_json(path: Path) -> dict:
         raise WeightsError(f"{path}: missing from the model folder") from exc
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{path}: unreadable ({exc})") from exc
-
-
-@contextlib.contextmanager
-def _quiet():
-    """nnU-Net prints notices on stdout (device fallbacks, default label manager); log them instead."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        yield
-    for line in buffer.getvalue().splitlines():
-        if line.strip():
-            log.debug("nnU-Net: %s", line.strip())

@@ -11,9 +11,10 @@ import logging
 from pathlib import Path
 
 from .. import labels as L
+from ..errors import MissingInput
 from ..fsutil import atomic_write
 from . import report
-from .validation import MissingInput
+from .record import ImageRecord, RecordError
 
 log = logging.getLogger(__name__)
 
@@ -27,25 +28,25 @@ def _subject_dirs(output_dir: Path, subjects: list[str] | None) -> list[Path]:
     return [d for d in dirs if subjects is None or d.name.removeprefix("sub-") in subjects]
 
 
-def records_of(subject_dir: Path) -> list[dict]:
+def records_of(subject_dir: Path) -> list[ImageRecord]:
     records = []
     for marker in sorted((subject_dir / "log").glob("*.done.json")):
         try:
-            records.append(json.loads(marker.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
+            records.append(ImageRecord.from_json(json.loads(marker.read_text())))
+        except (OSError, json.JSONDecodeError, RecordError) as exc:
             log.warning("%s: unreadable record (%s); ignored", marker, exc)
-    return sorted(records, key=lambda r: (r.get("session") or "", r["role"] != "localizer", r["source"]))
+    return sorted(records, key=lambda r: r.sort_key)
 
 
 def crashes_of(subject_dir: Path) -> list[tuple[str, str]]:
     return [(p.name, p.read_text(errors="replace")) for p in sorted((subject_dir / "log").glob("crash-*.txt"))]
 
 
-def volumes_of(output_dir: Path, record: dict) -> list[tuple[int, float]]:
+def volumes_of(output_dir: Path, record: ImageRecord) -> list[tuple[int, float]]:
     """(label, mm3) from the image's statistics TSV; empty when it cannot be read."""
     try:
-        lines = (output_dir / record["stats"]).read_text().splitlines()[1:]
-    except (OSError, KeyError):
+        lines = (output_dir / record.stats).read_text().splitlines()[1:]
+    except OSError:
         return []
     rows = [line.split("\t") for line in lines if line.strip()]
     return [(int(r[0]), float(r[4])) for r in rows if len(r) >= 5]
@@ -54,7 +55,7 @@ def volumes_of(output_dir: Path, record: dict) -> list[tuple[int, float]]:
 def write_participant_report(output_dir: Path, subject: str) -> Path:
     subject_dir = output_dir / f"sub-{subject}"
     records = records_of(subject_dir)
-    volumes = {r["id"]: volumes_of(output_dir, r) for r in records}
+    volumes = {r.image_id: volumes_of(output_dir, r) for r in records}
     page = report.participant_page(subject, records, volumes, crashes_of(subject_dir))
     return atomic_write(output_dir / f"sub-{subject}.html", page)
 
@@ -68,19 +69,17 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def group_table(output_dir: Path, records: list[dict]) -> str:
+def group_table(output_dir: Path, records: list[ImageRecord]) -> str:
     """group_spine.tsv: one row per image, its summary numbers, QC flags and the volume of every label."""
     labels = list(L.FINAL)
     header = (["participant_id", "session_id", "image_id", "source", "role", "localizer", *SUMMARY_COLUMNS,
                "n_flags", "qc_flags"] + [f"volume_{L.FINAL[v].abbreviation}_mm3" for v in labels])
     lines = ["\t".join(header)]
     for r in records:
-        qc = r.get("qc", {})
-        flags = qc.get("flags", [])
         volumes = dict(volumes_of(output_dir, r))
-        row = [f"sub-{r['subject']}", f"ses-{r['session']}" if r.get("session") else "n/a", r["id"], r["source"],
-               r["role"], r.get("localizer") or "n/a", *(qc.get(c) for c in SUMMARY_COLUMNS), len(flags),
-               ",".join(sorted({f["code"] for f in flags})) or "n/a"] + [volumes.get(v, 0.0) for v in labels]
+        row = [f"sub-{r.subject}", f"ses-{r.session}" if r.session else "n/a", r.image_id, r.source, r.role,
+               r.localizer or "n/a", *(r.qc.get(c) for c in SUMMARY_COLUMNS), len(r.flags),
+               ",".join(sorted({f["code"] for f in r.flags})) or "n/a"] + [volumes.get(v, 0.0) for v in labels]
         lines.append("\t".join(_fmt(x) for x in row))
     return "\n".join(lines) + "\n"
 
@@ -97,5 +96,5 @@ def run_group(output_dir: Path, subjects: list[str] | None = None) -> tuple[Path
     return tsv, html_path
 
 
-def _thumbnail(output_dir: Path, record: dict) -> str | None:
-    return report.thumbnail_data_uri(output_dir / record["figure"]) if record.get("figure") else None
+def _thumbnail(output_dir: Path, record: ImageRecord) -> str | None:
+    return report.thumbnail_data_uri(output_dir / record.figure) if record.figure else None

@@ -5,66 +5,38 @@ Expected errors become one line on stderr and the exit code of their class (see 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import TotalSpineSegError
+from ..console import run_command
+from ..errors import CannotCreate, MissingInput, UnknownLevel, UsageError
+from ..runtime import resolve_threads
 from . import derivatives as D
 from . import group, participant, plan, validation
-from .models import WeightsProvider, as_provider
-from .parser import PROG, UsageError, build_parser, parse_localizer_specs, read_filter_file, read_labels
+from .models import ModelSource, WeightsProvider, as_provider
+from .parser import build_parser, parse_localizer_specs, read_filter_file, read_labels
 
 log = logging.getLogger("totalspineseg.bids_app")
 
 LEVELS = ("participant", "group")
 
 
-class UnknownLevel(TotalSpineSegError):
-    exit_code = 17
-
-
-class CannotCreate(TotalSpineSegError):
-    exit_code = 73
-
-
-def main(argv=None, models=None) -> int:
+def main(argv: list[str] | None = None, models: ModelSource | None = None) -> int:
     """The BIDS-App. `models`: a `pipeline.Models` or a provider (see `bids_app.models`); default: --weights."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help, --version and usage errors (64)
-        return exc.code if isinstance(exc.code, int) else 0
-    _setup_logging(args.verbose, args.quiet)
-    try:
-        return _run(args, models)
-    except (TotalSpineSegError, plan.NothingSelected) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), lambda args: _run(args, models), argv)
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    root = logging.getLogger()
-    if not root.handlers:  # an embedding program (or pytest) keeps its own handlers
-        logging.basicConfig(format="%(levelname)s: %(message)s", stream=sys.stderr)
-    root.setLevel(level)
-    logging.captureWarnings(True)
-    logging.getLogger("bidsschematools").setLevel(logging.WARNING)  # chatty at INFO on every index
-
-
-def _run(args, models) -> int:
+def _run(args: argparse.Namespace, models: ModelSource | None) -> int:
     if args.analysis_level not in LEVELS:
         raise UnknownLevel(f"unknown analysis level {args.analysis_level!r}; choose participant or group")
     output_dir = args.output_dir.absolute()
     subjects = read_labels(args.participant_label, "sub-")
     if args.analysis_level == "group":
         if not output_dir.is_dir():
-            raise validation.MissingInput(f"{output_dir}: no such folder; run the participant level first")
+            raise MissingInput(f"{output_dir}: no such folder; run the participant level first")
         group.run_group(output_dir, subjects)
         return 0
     return _participant(args, output_dir, subjects, models)
@@ -122,12 +94,8 @@ def _inside(path: Path, root: Path) -> str | None:
         return None
 
 
-def _threads(args) -> int:
-    if args.omp_nthreads:
-        return args.omp_nthreads
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    cpus = int(slurm) if slurm.isdigit() else len(os.sched_getaffinity(0))
-    return max(1, cpus // args.nprocs)
+def _threads(args: argparse.Namespace) -> int:
+    return resolve_threads(args.omp_nthreads or None, jobs=args.nprocs)
 
 
 def _make_output_dir(output_dir: Path) -> None:

@@ -9,9 +9,19 @@ once per process on first use. Tests pass their own provider (networks that answ
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from .. import weights
 from ..pipeline import Models
+
+
+@runtime_checkable
+class ModelProvider(Protocol):
+    """What a run needs to get its networks: a release name and `provider(source) -> Models`."""
+
+    release: str
+
+    def __call__(self, source: Path) -> Models: ...
 
 
 class WeightsProvider:
@@ -42,5 +52,8 @@ class FixedProvider:
         return self.models
 
 
-def as_provider(models) -> object:
+ModelSource = Models | ModelProvider
+
+
+def as_provider(models: ModelSource) -> ModelProvider:
     return FixedProvider(models) if isinstance(models, Models) else models

@@ -1,20 +1,20 @@
 """The BIDS-App command line: a pure argparse parser plus the label/filter-file readers.
 
-Usage errors exit with 64 (EX_USAGE), as the BIDS-Apps template does, instead of argparse's 2.
+Usage errors exit with 64 (EX_USAGE), as the BIDS-Apps template does, instead of argparse's 2; the exit-code
+table at the end of --help is generated from the error classes (`errors.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import TotalSpineSegError
+from ..console import ArgumentParser, add_logging_options
+from ..errors import UsageError
 
 PROG = "run.py"
-EX_USAGE = 64
 
 DESCRIPTION = """\
 TotalSpineSeg BIDS-App: segment and label the vertebrae, intervertebral discs, spinal cord and spinal
@@ -34,27 +34,11 @@ image selection:
     {"main": {"suffix": ["T2w", "T2starw"]}}
     {"main": {"acquisition": "sag"}, "localizer": {"suffix": "T1w", "run": 1}}
   A filter that leaves two localizers for one image makes that image fail; narrow the "localizer" query.
-
-exit codes:
-  0 success | 1 some image failed, or no weights | 16 invalid BIDS input | 17 unknown analysis level
-  18 the filters selected nothing | 64 usage error | 65 bad input data | 66 missing input
-  73 output folder cannot be created
 """
 
 
-class BidsAppArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
-
-
-class UsageError(TotalSpineSegError):
-    exit_code = EX_USAGE
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = BidsAppArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("bids_dir", type=Path, help="the input BIDS dataset (may be read-only)")
     p.add_argument("output_dir", type=Path,
                    help="the output derivatives folder, e.g. <bids_dir>/derivatives/totalspineseg")
@@ -105,8 +89,7 @@ def _add_run_control(g) -> None:
     g.add_argument("--reports-only", action="store_true",
                    help="rebuild the participant reports from existing outputs; segment nothing")
     g.add_argument("--dry-run", action="store_true", help="print the plan (images, localizers, outputs) and exit")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more messages (repeatable)")
-    g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    add_logging_options(g)
 
 
 def _positive_int(text: str) -> int:

@@ -20,11 +20,15 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from .. import __version__, volume
+from ..console import setup_logging
+from ..errors import JobError
 from ..fsutil import atomic_write
-from ..pipeline import PipelineOptions, segment
+from ..pipeline import PipelineOptions, SegmentationResult, segment
 from . import derivatives as D
 from . import outputs
 from .plan import Job
+from .qc import ImageQC
+from .record import ImageRecord, RecordError
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +70,18 @@ def marker_path(output_dir: Path, job: Job) -> Path:
     return log_dir(output_dir, job) / f"{job.stem}.done.json"
 
 
-def read_marker(output_dir: Path, job: Job) -> dict | None:
+def read_marker(output_dir: Path, job: Job) -> ImageRecord | None:
     try:
-        return json.loads(marker_path(output_dir, job).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return ImageRecord.from_json(json.loads(marker_path(output_dir, job).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, RecordError):
         return None
 
 
 def is_complete(ctx: RunContext, job: Job) -> bool:
     record = read_marker(ctx.output_dir, job)
-    if record is None or record.get("fingerprint") != ctx.fingerprint:
+    if record is None or record.fingerprint != ctx.fingerprint:
         return False
-    return all((ctx.output_dir / rel).is_file() for rel in record.get("outputs", []))
+    return all((ctx.output_dir / rel).is_file() for rel in record.outputs)
 
 
 def crash_files(output_dir: Path, job: Job) -> list[Path]:
@@ -103,14 +107,10 @@ def _forget_previous(ctx: RunContext, job: Job) -> None:
     record = read_marker(ctx.output_dir, job)
     marker_path(ctx.output_dir, job).unlink(missing_ok=True)
     if record:
-        _remove(ctx.output_dir / rel for rel in record.get("outputs", []))
+        _remove(ctx.output_dir / rel for rel in record.outputs)
 
 
 # --- one image ---------------------------------------------------------------------------------------
-
-
-class JobError(Exception):
-    """A job cannot run (planning problem, failed localizer)."""
 
 
 def _localizer_labels(ctx: RunContext, job: Job, cache: dict) -> volume.Volume | None:
@@ -126,7 +126,7 @@ def _localizer_labels(ctx: RunContext, job: Job, cache: dict) -> volume.Volume |
     return cache[loc.source]
 
 
-def _segment_and_write(ctx: RunContext, job: Job, cache: dict, written: list[Path]) -> dict:
+def _segment_and_write(ctx: RunContext, job: Job, cache: dict, written: list[Path]) -> ImageRecord:
     if job.error:
         raise JobError(job.error)
     localizer = _localizer_labels(ctx, job, cache)
@@ -144,17 +144,17 @@ def _segment_and_write(ctx: RunContext, job: Job, cache: dict, written: list[Pat
     return _record(ctx, job, result, prov, assessed, figure, written, time.perf_counter() - t0)
 
 
-def _record(ctx, job, result, prov, assessed, figure, written, seconds) -> dict:
-    rel = [Path(p).relative_to(ctx.output_dir).as_posix() for p in written]
-    return {
-        "source": job.source, "id": job.image_id, "subject": job.subject, "session": job.session,
-        "role": job.role, "localizer": job.localizer.source if job.localizer else None,
-        "fingerprint": ctx.fingerprint, "provenance": prov, "outputs": rel, "figure": figure,
-        "stats": D.stats_path(job.entities).as_posix(), "qc": assessed.summary(),
-        "levels": result.level_table(), "warnings": list(result.warnings),
-        "timings": {k: round(v, 3) for k, v in result.timings.items()}, "seconds": round(seconds, 3),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+def _record(ctx: RunContext, job: Job, result: SegmentationResult, prov: dict, assessed: ImageQC,
+            figure: str | None, written: list[Path], seconds: float) -> ImageRecord:
+    return ImageRecord(
+        source=job.source, image_id=job.image_id, subject=job.subject, session=job.session, role=job.role,
+        localizer=job.localizer.source if job.localizer else None, fingerprint=ctx.fingerprint,
+        stats=D.stats_path(job.entities).as_posix(), figure=figure,
+        outputs=tuple(Path(p).relative_to(ctx.output_dir).as_posix() for p in written), provenance=prov,
+        qc=assessed.summary(), levels=tuple(result.level_table()), warnings=tuple(result.warnings),
+        timings={k: round(v, 3) for k, v in result.timings.items()}, seconds=round(seconds, 3),
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def run_job(ctx: RunContext, job: Job, cache: dict) -> JobOutcome:
@@ -166,7 +166,7 @@ def run_job(ctx: RunContext, job: Job, cache: dict) -> JobOutcome:
     written: list[Path] = []
     try:
         record = _segment_and_write(ctx, job, cache, written)
-        D.write_json(marker_path(ctx.output_dir, job), record)  # last: it declares the image complete
+        D.write_json(marker_path(ctx.output_dir, job), record.to_json())  # last: it declares the image complete
     except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the others
         _remove(written)
         crash = write_crash(ctx.output_dir, job, str(exc) if isinstance(exc, JobError) else exc)
@@ -192,7 +192,7 @@ def run_unit(ctx: RunContext, unit: list[Job]) -> list[JobOutcome]:
 
 
 def _init_worker(level: int) -> None:
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True)
+    setup_logging(level=level)
 
 
 def run_all(ctx: RunContext, units: list[list[Job]], nprocs: int = 1) -> list[JobOutcome]:

@@ -12,9 +12,13 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
+from ..errors import NothingSelected, UsageError
 from . import derivatives as D
-from .parser import UsageError
+
+if TYPE_CHECKING:
+    from bids import BIDSLayout
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +33,6 @@ ENTITY_NAMES = {"sub": "subject", "ses": "session", "acq": "acquisition", "ce": 
 IGNORED = ["code", "stimuli", "sourcedata", "models", "derivatives", re.compile(r"/\."),
            # every datatype folder but anat (works with and without a session level)
            re.compile(r"^/sub-[^/]+/(?:ses-[^/]+/)?(?!anat(?:/|$)|ses-)[^/.]+(?:/|$)")]
-
-
-class NothingSelected(Exception):
-    """The filters selected no image (exit code 18)."""
-
-    exit_code = 18
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ class Plan:
 
 
 def build_layout(bids_dir: Path, participants: list[str] | None, database_dir: Path | None,
-                 skip: str | None = None):
+                 skip: str | None = None) -> BIDSLayout:
     """A BIDSLayout of the anat folders only; of the requested participants only, unless it is persistent.
 
     `skip`: a folder inside bids_dir not to index (the output folder, when it lies there).
@@ -221,7 +219,8 @@ def _main_job(source: str, base, candidates: list[str], loc_jobs: dict[str, Job]
     return Job(source, "main", entities, localizer=loc_jobs[candidates[0]] if candidates else None)
 
 
-def make_plan(layout, filters: dict, specs, subjects: list[str] | None, sessions: list[str] | None) -> Plan:
+def make_plan(layout: BIDSLayout, filters: dict, specs: list[tuple[str, str]], subjects: list[str] | None,
+              sessions: list[str] | None) -> Plan:
     """Select, pair and name every image. Raises NothingSelected when nothing matches."""
     if subjects:
         # A folder listing: pybids' get_subjects() loads the entities of every indexed file.

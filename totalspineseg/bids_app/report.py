@@ -19,6 +19,7 @@ from string import Template
 
 from .. import __version__
 from .. import labels as L
+from .record import ImageRecord
 
 THUMB_HEIGHT_PX = 420
 
@@ -39,8 +40,8 @@ def level_range(qc: dict) -> str:
     return f"{top}\u2013{bottom}" if top and bottom and top != bottom else top or bottom
 
 
-def participant_link(record: dict) -> str:
-    return f"sub-{record['subject']}.html#{record['id']}"
+def participant_link(record: ImageRecord) -> str:
+    return f"sub-{record.subject}.html#{record.image_id}"
 
 
 def thumbnail_data_uri(path: Path, height: int = THUMB_HEIGHT_PX) -> str | None:
@@ -69,15 +70,15 @@ def _flags_html(flags: list[dict]) -> str:
     return f"<ul>{items}</ul>"
 
 
-def _facts_html(record: dict) -> str:
-    qc, prov = record.get("qc", {}), record.get("provenance", {})
-    facts = [("source", record["source"]), ("role", record["role"]), ("localizer", record.get("localizer") or "none"),
+def _facts_html(record: ImageRecord) -> str:
+    qc, prov = record.qc, record.provenance
+    facts = [("source", record.source), ("role", record.role), ("localizer", record.localizer or "none"),
              ("vertebrae / discs", f"{qc.get('n_vertebrae', '')} / {qc.get('n_discs', '')}"),
              ("levels covered", level_range(qc)), ("cord volume", f"{qc.get('cord_mm3', 0):,.0f} mm\u00b3"),
              ("canal volume", f"{qc.get('canal_mm3', 0):,.0f} mm\u00b3"),
              ("cord in canal", "" if qc.get("cord_in_canal") is None else f"{qc['cord_in_canal']:.1%}"),
              ("model", f"{prov.get('ModelRelease', '')} on {prov.get('Device', '')}"),
-             ("time", f"{record.get('seconds', 0):.1f} s, finished {record.get('finished', '')}")]
+             ("time", f"{record.seconds:.1f} s, finished {record.finished}")]
     return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts) + "</dl>"
 
 
@@ -99,13 +100,14 @@ def _volumes_html(volumes: list[tuple[int, float]]) -> str:
             f"<th>mm\u00b3</th></tr>{rows}</table></details>")
 
 
-def _image_section(record: dict, volumes: list[tuple[int, float]]) -> str:
-    figure = (f'<img class="figure" src="{_esc(record["figure"])}" alt="QC figure of {_esc(record["id"])}">'
-              if record.get("figure") else "<p>No QC figure.</p>")
-    outputs = "".join(f'<li><a href="{_esc(p)}">{_esc(Path(p).name)}</a></li>' for p in record.get("outputs", []))
-    return (f'<section id="{_esc(record["id"])}"><h2>{_esc(record["id"])} <small>({_esc(record["role"])})</small></h2>'
-            f"{_facts_html(record)}<h3>QC flags</h3>{_flags_html(record.get('qc', {}).get('flags', []))}"
-            f"{figure}{_levels_html(record.get('levels', []))}{_volumes_html(volumes)}"
+def _image_section(record: ImageRecord, volumes: list[tuple[int, float]]) -> str:
+    rid = _esc(record.image_id)
+    figure = (f'<img class="figure" src="{_esc(record.figure)}" alt="QC figure of {rid}">'
+              if record.figure else "<p>No QC figure.</p>")
+    outputs = "".join(f'<li><a href="{_esc(p)}">{_esc(Path(p).name)}</a></li>' for p in record.outputs)
+    return (f'<section id="{rid}"><h2>{rid} <small>({_esc(record.role)})</small></h2>'
+            f"{_facts_html(record)}<h3>QC flags</h3>{_flags_html(record.flags)}"
+            f"{figure}{_levels_html(list(record.levels))}{_volumes_html(volumes)}"
             f"<details><summary>Files</summary><ul>{outputs}</ul></details></section>")
 
 
@@ -113,11 +115,11 @@ def _error_section(name: str, text: str) -> str:
     return f'<section class="error"><h3>{_esc(name)}</h3><pre>{_esc(text)}</pre></section>'
 
 
-def participant_page(subject: str, records: list[dict], volumes: dict[str, list[tuple[int, float]]],
+def participant_page(subject: str, records: list[ImageRecord], volumes: dict[str, list[tuple[int, float]]],
                      crashes: list[tuple[str, str]]) -> str:
     """The HTML page of one participant: one section per image, then the errors (crash files)."""
-    nav = "".join(f'<a href="#{_esc(r["id"])}">{_esc(r["id"])}</a>' for r in records)
-    body = "".join(_image_section(r, volumes.get(r["id"], [])) for r in records)
+    nav = "".join(f'<a href="#{_esc(r.image_id)}">{_esc(r.image_id)}</a>' for r in records)
+    body = "".join(_image_section(r, volumes.get(r.image_id, [])) for r in records)
     errors = "".join(_error_section(name, text) for name, text in crashes)
     errors = f"<h2>Errors</h2>{errors}" if errors else ""
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>sub-{_esc(subject)}</title>"
@@ -129,12 +131,11 @@ def participant_page(subject: str, records: list[dict], volumes: dict[str, list[
 # --- group page ---------------------------------------------------------------------------------------
 
 
-def group_row(index: int, record: dict, thumb: str | None) -> dict:
+def group_row(index: int, record: ImageRecord, thumb: str | None) -> dict:
     """What the group page's script needs to show one image."""
-    qc = record.get("qc", {})
-    flags = qc.get("flags", [])
-    return {"index": index, "id": record["id"], "source": record["source"], "role": record["role"],
-            "subject": record["subject"], "session": record.get("session"), "link": participant_link(record),
+    qc, flags = record.qc, record.flags
+    return {"index": index, "id": record.image_id, "source": record.source, "role": record.role,
+            "subject": record.subject, "session": record.session, "link": participant_link(record),
             "thumb": thumb, "n_vertebrae": qc.get("n_vertebrae"), "n_discs": qc.get("n_discs"),
             "range": level_range(qc), "cord_mm3": qc.get("cord_mm3"), "canal_mm3": qc.get("canal_mm3"),
             "n_flags": len(flags), "flags": flags}

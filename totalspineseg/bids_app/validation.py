@@ -10,19 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import TotalSpineSegError
+from ..errors import InvalidDataset, MissingInput
 
 log = logging.getLogger(__name__)
 
 VALIDATORS = ("bids-validator-deno", "bids-validator")
-
-
-class InvalidDataset(TotalSpineSegError):
-    exit_code = 16
-
-
-class MissingInput(TotalSpineSegError):
-    exit_code = 66
 
 
 def read_description(bids_dir: Path) -> dict:

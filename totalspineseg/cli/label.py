@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from .. import __version__, labeling, volume
-from ._common import run_main, setup_logging
+from ..console import ArgumentParser, add_logging_options, run_command
 
 log = logging.getLogger("totalspineseg.label")
 
@@ -25,11 +25,10 @@ It may be on any grid and in any orientation; OUT is written on RAW's grid in th
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="totalspineseg-label",
         description="Number discs and vertebrae in a step-1 or step-2 network class map (iterative labeling).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("step", choices=["step1", "step2"], help="which network produced RAW")
     p.add_argument("raw", help="class map (.nii or .nii.gz)")
@@ -38,7 +37,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--loc", "-l", metavar="LOCALIZER_SEG",
         help="final-scheme segmentation of a localizer in the same scanner space; its discs anchor the numbering",
     )
-    p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
+    add_logging_options(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -64,21 +63,19 @@ def label_file(step: str, raw_path, out_path, loc_path=None) -> labeling.Labelin
     return result
 
 
-def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
-    setup_logging(args.quiet)
+def run(args: argparse.Namespace) -> int:
+    result = label_file(args.step, args.raw, args.out, args.loc)
+    for w in result.warnings:
+        log.warning("%s: %s", args.raw, w)
+    if result.anchors:
+        names = ", ".join(f"{a.source}:{a.label}" for a in result.anchors)
+        log.info("numbered from anchors %s", names)
+    log.info("wrote %s", args.out)
+    return 0
 
-    def body() -> int:
-        result = label_file(args.step, args.raw, args.out, args.loc)
-        for w in result.warnings:
-            log.warning("%s: %s", args.raw, w)
-        if result.anchors:
-            names = ", ".join(f"{a.source}:{a.label}" for a in result.anchors)
-            log.info("numbered from anchors %s", names)
-        log.info("wrote %s", args.out)
-        return 0
 
-    return run_main(body, "totalspineseg-label")
+def main(argv: list[str] | None = None) -> int:
+    return run_command(get_parser(), run, argv)
 
 
 if __name__ == "__main__":

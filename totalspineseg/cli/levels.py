@@ -9,15 +9,16 @@ import sys
 import numpy as np
 
 from .. import __version__, postprocess, volume
+from ..console import ArgumentParser, add_logging_options, run_command
+from ..errors import InputError
 from ..labels import LEVEL_NAMES
-from ._common import run_main, setup_logging
 from .label import to_work_grid
 
 log = logging.getLogger("totalspineseg.levels")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="totalspineseg-levels",
         description=(
             "Write one voxel per disc level (SCT convention: 3 = C2-C3 ... 25 = L5-S; 1 = top of the dens,"
@@ -25,33 +26,29 @@ def get_parser() -> argparse.ArgumentParser:
             " so a missing disc never shifts the others."
         ),
         epilog="example:\n  totalspineseg-levels step2_output/sub-01_T2w.nii.gz levels.nii.gz",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("seg", help="final-scheme segmentation (step1_output or step2_output)")
     p.add_argument("out", help="level points to write (.nii.gz), on SEG's grid")
-    p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
+    add_logging_options(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
-def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
-    setup_logging(args.quiet)
+def run(args: argparse.Namespace) -> int:
+    seg = volume.load_labels(args.seg)
+    work, aff_iso = to_work_grid(seg)
+    try:
+        levels, points = postprocess.disc_level_points(work)
+    except ValueError as exc:
+        raise InputError(args.seg, str(exc)) from None
+    native = volume.resample_to_grid(levels, aff_iso, seg.shape, seg.affine, "points")
+    volume.save_nifti(args.out, native.astype(np.uint8), seg.affine, dtype=np.uint8)
+    log.info("wrote %d levels (%s) to %s", len(points), ", ".join(LEVEL_NAMES[k] for k in sorted(points)), args.out)
+    return 0
 
-    def body() -> int:
-        seg = volume.load_labels(args.seg)
-        work, aff_iso = to_work_grid(seg)
-        try:
-            levels, points = postprocess.disc_level_points(work)
-        except ValueError as exc:
-            print(f"totalspineseg-levels: error: {args.seg}: {exc}", file=sys.stderr)
-            return 65
-        native = volume.resample_to_grid(levels, aff_iso, seg.shape, seg.affine, "points")
-        volume.save_nifti(args.out, native.astype(np.uint8), seg.affine, dtype=np.uint8)
-        log.info("wrote %d levels (%s) to %s", len(points), ", ".join(LEVEL_NAMES[k] for k in sorted(points)), args.out)
-        return 0
 
-    return run_main(body, "totalspineseg-levels")
+def main(argv: list[str] | None = None) -> int:
+    return run_command(get_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import console
 from .. import labels as L
+from ..errors import CannotCreate, InternalError, UsageError
 from ..synth import phantom
 
 PROG = "totalspineseg-phantom"
@@ -26,30 +28,31 @@ Labels follow the final TotalSpineSeg scheme: cord {L.CORD}, canal {L.CANAL}, ve
 """
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors as a single line on stderr, exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+_DEFAULT = phantom.PhantomSpec()
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(
+    p = console.ArgumentParser(
         prog=PROG,
         description="Write seeded synthetic spine MRI phantoms with exact ground-truth labels.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        exit_codes=(UsageError, CannotCreate, InternalError),
     )
     p.add_argument("outdir", help="output folder (created if needed)")
-    p.add_argument("--seed", type=int, default=0, help="anatomy and noise seed (default 0)")
+    p.add_argument("--seed", type=int, default=_DEFAULT.seed, help=f"anatomy and noise seed (default {_DEFAULT.seed})")
     single = p.add_argument_group("one phantom")
-    single.add_argument("--fov", choices=phantom.FOVS, help="field of view (default whole)")
-    single.add_argument("--orientation", help="axis code of the image grid, e.g. RAS, LPS, PSR (default RAS)")
+    single.add_argument("--fov", choices=phantom.FOVS, help=f"field of view (default {_DEFAULT.fov})")
     single.add_argument(
-        "--voxel", type=float, nargs=3, metavar=("X", "Y", "Z"), help="voxel sizes in mm, in grid order (default 1 1 1)"
+        "--orientation", help=f"axis code of the image grid, e.g. RAS, LPS, PSR (default {_DEFAULT.orientation})"
     )
-    single.add_argument("--contrast", choices=phantom.CONTRASTS, help="image contrast (default T2w)")
-    single.add_argument("--oblique", type=float, metavar="DEG", help="tilt the grid by DEG degrees (default 0)")
+    single.add_argument(
+        "--voxel", type=float, nargs=3, metavar=("X", "Y", "Z"),
+        help=f"voxel sizes in mm, in grid order (default {' '.join(f'{v:g}' for v in _DEFAULT.voxel)})",
+    )
+    single.add_argument("--contrast", choices=phantom.CONTRASTS, help=f"image contrast (default {_DEFAULT.contrast})")
+    single.add_argument(
+        "--oblique", type=float, metavar="DEG", help=f"tilt the grid by DEG degrees (default {_DEFAULT.oblique_deg:g})"
+    )
     single.add_argument("--extra-lumbar", action="store_true", help=f"add an L6 ({L.VERTEBRA_L6}) and disc L5-L6")
     single.add_argument("--missing-disc", type=int, metavar="LABEL", help="leave out this disc (e.g. 75 = T4-T5)")
     p.add_argument("--localizer", action="store_true", help="also write a low-resolution whole-spine localizer")
@@ -57,17 +60,20 @@ def get_parser() -> argparse.ArgumentParser:
     bids.add_argument("--bids", action="store_true", help="write a BIDS dataset instead of one phantom")
     bids.add_argument("--participants", type=int, help="number of participants (with --bids)")
     bids.add_argument("--sessions", type=int, default=0, help="sessions per participant (default: no session level)")
+    console.add_logging_options(p)
     return p
 
 
-_SINGLE_ONLY = ("fov", "orientation", "voxel", "contrast", "oblique", "missing_disc")
+# Options of a single phantom -> the PhantomSpec field each sets; unset options keep the spec's defaults.
+_SPEC_FIELDS = {"fov": "fov", "orientation": "orientation", "voxel": "voxel", "contrast": "contrast",
+                "oblique": "oblique_deg", "missing_disc": "missing_disc"}
 
 
 def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.bids:
         if args.participants is None:
             p.error("--bids needs --participants N")
-        given = [f"--{k.replace('_', '-')}" for k in _SINGLE_ONLY if getattr(args, k) is not None]
+        given = [f"--{k.replace('_', '-')}" for k in _SPEC_FIELDS if getattr(args, k) is not None]
         if args.extra_lumbar:
             given.append("--extra-lumbar")
         if given:
@@ -76,39 +82,38 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--participants and --sessions need --bids")
 
 
+def _spec(args: argparse.Namespace) -> phantom.PhantomSpec:
+    given = {field: getattr(args, opt) for opt, field in _SPEC_FIELDS.items() if getattr(args, opt) is not None}
+    return phantom.PhantomSpec(args.seed, extra_lumbar=args.extra_lumbar, **given)
+
+
+def _write(args: argparse.Namespace) -> list:
+    """Every file (or, for --bids, the dataset folder) written. ValueError: bad parameters; OSError: cannot write."""
+    if args.bids:
+        return [phantom.write_bids_dataset(args.outdir, args.participants, args.seed, args.sessions, args.localizer)]
+    spec = _spec(args)
+    return list(phantom.write_phantom(args.outdir, spec, localizer=args.localizer).values())
+
+
 def main(argv=None) -> int:
-    p = get_parser()
-    try:
-        args = p.parse_args(argv)
-        _check(p, args)
-    except SystemExit as exc:  # --help, or a usage error already printed
-        return int(exc.code or 0)
-    try:
-        if args.bids:
-            root = phantom.write_bids_dataset(args.outdir, args.participants, args.seed, args.sessions, args.localizer)
-            print(root)
-            return 0
-        paths = phantom.write_phantom(
-            args.outdir,
-            seed=args.seed,
-            fov=args.fov or "whole",
-            orientation=phantom.check_orientation(args.orientation or "RAS"),
-            voxel=tuple(args.voxel or (1.0, 1.0, 1.0)),
-            contrast=args.contrast or "T2w",
-            extra_lumbar=args.extra_lumbar,
-            missing_disc=args.missing_disc,
-            localizer=args.localizer,
-            oblique_deg=args.oblique or 0.0,
-        )
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"{PROG}: error: cannot write {args.outdir}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    for path in paths.values():
-        print(path)
-    return 0
+    parser = get_parser()
+    args = argparse.Namespace(verbose=0)  # filled in by the parser; read by run_main after a failure
+
+    def body() -> int:
+        parser.parse_args(argv, namespace=args)
+        console.setup_logging(args.verbose, args.quiet)
+        _check(parser, args)
+        try:
+            written = _write(args)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        except OSError as exc:
+            raise CannotCreate(f"cannot write {args.outdir}: {exc.strerror or exc}") from exc
+        for path in written:
+            print(path)
+        return 0
+
+    return console.run_main(PROG, body, lambda: args.verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover

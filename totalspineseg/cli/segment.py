@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, volume
+from ..console import ArgumentParser, add_logging_options, describe_exception, run_command
 from ..errors import InputError, TotalSpineSegError
 from ..pipeline import Models, PipelineOptions, SegmentationResult, segment
-from ._common import run_main, setup_logging
 
 log = logging.getLogger("totalspineseg")
 
@@ -43,14 +43,13 @@ examples:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="totalspineseg",
         description=(
             "Segment and label the spine in MRI: every vertebra (C1-L5, sacrum), every intervertebral disc,"
             " the spinal cord and the spinal canal, with disc-level points and soft cord/canal maps."
         ),
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", type=Path, help="a .nii/.nii.gz image, or a folder of them (also sub-*/[ses-*/]anat/)")
     p.add_argument("output", type=Path, help="output folder (created if missing)")
@@ -81,7 +80,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-intermediate", action="store_true",
                    help="also write step1_raw/, step2_raw/, step2_input/ and input/")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
-    p.add_argument("--quiet", "-q", action="store_true", help="errors and warnings only, no progress bar")
+    add_logging_options(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -252,15 +251,25 @@ def process_all(args, models=None) -> int:
             timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
             log.info("%s done in %.1f s (%s)", path.name, time.perf_counter() - t0, timings)
             done += 1
-        except (TotalSpineSegError, ValueError, OSError) as exc:
-            reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-            log.error("%s", reason)
-            failures.append((path, reason))
+        except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the others
+            failures.append((path, _failure_reason(path, exc, args.verbose)))
+            log.error("%s", failures[-1][1])
     print(f"totalspineseg: {done} done, {skipped} already complete, {len(failures)} failed, in {args.output}",
           file=sys.stderr)
     for _, reason in failures:
         print(f"  FAILED {reason}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _failure_reason(path: Path, exc: Exception, verbose: int) -> str:
+    """One line naming the image and the problem; unexpected exceptions get their type (and with -v a traceback)."""
+    if isinstance(exc, (TotalSpineSegError, OSError)):
+        text = str(exc)
+    else:
+        text = describe_exception(exc)
+        if verbose:
+            log.debug("%s: traceback", path, exc_info=exc)
+    return text if str(path) in text else f"{path}: {text}"
 
 
 def _progress(items, quiet):
@@ -274,10 +283,9 @@ def _progress(items, quiet):
         return items
 
 
-def main(argv=None, models=None) -> int:
-    args = get_parser().parse_args(argv)
-    setup_logging(args.quiet)
-    return run_main(lambda: process_all(args, models), "totalspineseg")
+def main(argv: list[str] | None = None, models: Models | None = None) -> int:
+    """The `totalspineseg` command; `models` replaces the --weights networks (tests inject stand-ins)."""
+    return run_command(get_parser(), lambda args: process_all(args, models), argv)
 
 
 if __name__ == "__main__":

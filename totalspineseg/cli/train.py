@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from .. import training
-from ..errors import TotalSpineSegError
-from ._common import run_main, setup_logging
+from ..console import ArgumentParser, add_logging_options, run_command
+from ..errors import UsageError
 
 PROG = "totalspineseg-train"
 DESCRIPTION = ("Train TotalSpineSeg models: prepare the two nnU-Net datasets from labelled BIDS data, plan and train "
@@ -32,10 +32,8 @@ the bundled demo model (synthetic phantoms only), from scratch:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quiet", "-q", action="store_true", help="warnings and errors only")
-    p.add_argument("--verbose", "-v", action="count", default=0, help="also show nnU-Net's own messages")
+    p = ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    add_logging_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_prepare(sub)
     _add_run(sub)
@@ -137,9 +135,9 @@ def _override(args) -> dict | None:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise TotalSpineSegError(f"--plans-override: not valid JSON ({exc})") from None
+        raise UsageError(f"--plans-override: not valid JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise TotalSpineSegError("--plans-override: expected a JSON object")
+        raise UsageError("--plans-override: expected a JSON object")
     return value
 
 
@@ -192,10 +190,8 @@ def _demo(args) -> int:
 COMMANDS = {"prepare": _prepare, "run": _run, "export": _export, "demo": _demo}
 
 
-def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
-    setup_logging(args.quiet, args.verbose)
-    return run_main(lambda: COMMANDS[args.command](args), PROG)
+def main(argv: list[str] | None = None) -> int:
+    return run_command(get_parser(), lambda args: COMMANDS[args.command](args), argv)
 
 
 if __name__ == "__main__":  # spawn-based nnU-Net pools re-import this module: keep the guard

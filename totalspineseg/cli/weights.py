@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from totalspineseg import weights
-from totalspineseg.errors import WeightsError
+from .. import weights
+from ..console import ArgumentParser, add_logging_options, run_command
 
 PROG = "totalspineseg-weights"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Manage the TotalSpineSeg model weights.")
+    parser = ArgumentParser(prog=PROG, description="Manage the TotalSpineSeg model weights.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{list,install,verify,path}")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -22,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--data-dir", type=Path, help=f"weights root (default: ${weights.ENV_VAR}, then the user cache)"
         )
+        add_logging_options(sub)
         return sub
 
     add("list", "show the known releases and where they are installed").set_defaults(func=_list)
@@ -37,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--release", default=None, help=f"release name (default: {weights.DEFAULT_RELEASE})")
     install.add_argument("--force", action="store_true", help="reinstall even if already installed")
     install.add_argument("--no-keep-zips", action="store_true", help="delete downloaded zips after installing")
-    install.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
     install.set_defaults(func=_install)
 
     verify = add("verify", "check an installed release against its install manifest")
@@ -96,17 +95,7 @@ def _path(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    quiet = getattr(args, "quiet", False)
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
-    try:
-        return args.func(args)
-    except WeightsError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), lambda args: args.func(args), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

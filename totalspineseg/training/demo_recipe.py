@@ -49,16 +49,9 @@ _ORIENTATIONS = tuple("".join(p[i][s] for i, s in zip(order, signs, strict=False
 
 
 @dataclass(frozen=True)
-class PhantomSpec:
-    """One training or evaluation image: a person, a field of view and an acquisition."""
+class PhantomSpec(phantom.PhantomSpec):
+    """One training or evaluation image: a phantom, or the whole-spine localizer of the same person."""
 
-    seed: int
-    fov: str = "whole"
-    orientation: str = "RAS"
-    voxel: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    contrast: str = "T2w"
-    extra_lumbar: bool = False
-    oblique: float = 0.0
     localizer: bool = False  # a low-resolution whole-spine localizer of the same person instead
 
     @property
@@ -68,9 +61,8 @@ class PhantomSpec:
 
     def render(self) -> phantom.Volume3D:
         if self.localizer:
-            return phantom.make_localizer(self.seed, self.extra_lumbar, contrast=self.contrast)
-        return phantom.make_phantom(self.seed, self.fov, self.orientation, self.voxel, self.contrast,
-                                    self.extra_lumbar, oblique_deg=self.oblique)
+            return phantom.make_localizer(self.seed, self.extra_lumbar, self.missing_disc, self.contrast)
+        return phantom.make_phantom(self)
 
 
 def draw_spec(seed: int, index: int) -> PhantomSpec:
@@ -86,7 +78,8 @@ def draw_spec(seed: int, index: int) -> PhantomSpec:
     in_plane = round(float(rng.uniform(0.8, 1.5)), 2)
     thick = in_plane if rng.random() < 0.35 else round(float(rng.uniform(2.0, 4.5)), 2)
     oblique = round(float(rng.uniform(-6, 6)), 1) if rng.random() < 0.5 else 0.0
-    return PhantomSpec(person, fov, orientation, (in_plane, in_plane, thick), contrast, extra_lumbar, oblique)
+    return PhantomSpec(person, fov, orientation, (in_plane, in_plane, thick), contrast, extra_lumbar,
+                       oblique_deg=oblique)
 
 
 def _write_phantom(raw_dir: Path, index: int, spec: PhantomSpec) -> str:
@@ -265,7 +258,7 @@ def evaluate(spec: PhantomSpec, models, options=None) -> CaseScore:
     localizer = None
     try:
         if spec.fov in NEEDS_LOCALIZER:
-            loc = phantom.make_localizer(spec.seed, spec.extra_lumbar, contrast="T2w")
+            loc = phantom.make_localizer(spec.seed, spec.extra_lumbar, spec.missing_disc, contrast="T2w")
             loc_result = segment(volume.Volume(loc.image, loc.affine), models, None, options)
             localizer = volume.Volume(loc_result.final.step2, loc.affine)
         pred = segment(volume.Volume(ph.image, ph.affine), models, localizer, options).final.step2
