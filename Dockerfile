@@ -41,7 +41,7 @@ RUN if [ -n "${PIP_CA_BUNDLE}" ]; then export PIP_CERT="${PIP_CA_BUNDLE}"; fi \
     && pip install --find-links /tmp/build/docker/wheels --index-url "${index}" \
          --extra-index-url https://pypi.org/simple "${spec}" \
     && echo "${spec}" > /tmp/build/torch.txt \
-    && grep -v -e '^torch==' -e '^pytest' /tmp/build/requirements/requirements-cpu.txt > /tmp/build/runtime.txt \
+    && grep -v -e '^torch==' /tmp/build/requirements/requirements-cpu.txt > /tmp/build/runtime.txt \
     && pip install --find-links /tmp/build/docker/wheels -c /tmp/build/torch.txt -r /tmp/build/runtime.txt \
          bids-validator-deno \
     && pip install --no-deps -r /tmp/build/requirements/requirements-nodeps.txt

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import totalspineseg, nnunetv2, torch, bids" 2>/dev/null; then
+if [ -x .venv/bin/python ] && [ -x .venv/bin/ruff ] && .venv/bin/python -c "import totalspineseg, nnunetv2, torch, bids, pytest" 2>/dev/null; then
     exit 0
 fi
 "$PY" -m venv .venv
@@ -12,4 +12,5 @@ fi
 # replace it with a multi-GB CUDA build.
 .venv/bin/pip install -q -c requirements/constraints-cpu.txt -r requirements/requirements-cpu.txt
 .venv/bin/pip install -q --no-deps -r requirements/requirements-nodeps.txt
+.venv/bin/pip install -q -c requirements/constraints-cpu.txt -r requirements/requirements-test.txt
 .venv/bin/pip install -q --no-deps -e .

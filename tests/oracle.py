@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from totalspineseg import labels as L
-from totalspineseg import volume
+from totalspineseg import resample
 from totalspineseg.pipeline import Models
 from totalspineseg.predictor import Prediction
 
@@ -26,7 +26,7 @@ class OracleModel:
         if affine is None:
             raise ValueError("the oracle needs the affine of its input")
         shape = image_channels.shape[1:]
-        final = volume.resample_to_grid(self.truth, self.truth_affine, shape, affine, "labels")
+        final = resample.resample_to_grid(self.truth, self.truth_affine, shape, affine, "labels")
         classes = L.final_to_step1(final) if self.step == 1 else L.final_to_step2(final)
         probs = None
         if return_probabilities:

@@ -139,8 +139,13 @@ def test_level_coordinates_point_at_the_level_voxels(processed):
 
 def test_dataset_level_files(processed):
     out = processed.out
-    assert (out / "desc-spine_dseg.tsv").read_text() == D.dseg_lut()
-    assert (out / "desc-levels_dseg.tsv").read_text() == D.levels_lut()
+    for lut, pattern in (("desc-spine_dseg.tsv", "*_desc-spine_dseg.nii.gz"),
+                         ("desc-levels_dseg.tsv", "*_desc-levels_dseg.nii.gz")):
+        described = {int(line.split("\t")[0]) for line in (out / lut).read_text().splitlines()[1:]}
+        images = sorted(out.glob(f"sub-*/**/{pattern}"))
+        assert images, pattern
+        for image in images:  # every value in every written map has a row in the look-up table
+            assert set(np.unique(np.asarray(nib.load(image).dataobj)).astype(int)) - {0} <= described, image
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "totalspineseg"
     assert "nnU-Net" in (out / "logs" / "CITATION.md").read_text()

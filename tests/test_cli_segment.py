@@ -56,8 +56,9 @@ def test_folder_run_writes_upstream_layout_on_native_grid(tmp_path, images, anat
 
 def test_failures_are_summarised(tmp_path, images, anatomy, capsys):
     folder, _ = images
-    cli.main([str(folder), str(tmp_path / "o"), "-q", "--step1"], models=oracle_models(anatomy.labels,
-                                                                                     anatomy.affine))
+    code = cli.main([str(folder), str(tmp_path / "o"), "-q", "--step1"],
+                    models=oracle_models(anatomy.labels, anatomy.affine))
+    assert code == 1  # some image failed
     err = capsys.readouterr().err
     assert "1 failed" in err and "sub-03_T2w.nii.gz" in err
 
@@ -65,8 +66,8 @@ def test_failures_are_summarised(tmp_path, images, anatomy, capsys):
 def test_step1_only_and_keep_only(tmp_path, images, anatomy):
     folder, truths = images
     out = tmp_path / "o"
-    cli.main([str(folder / "sub-01_T2w.nii.gz"), str(out), "-q", "--step1", "-k", "step1_output", "step1_levels"],
-             models=oracle_models(anatomy.labels, anatomy.affine))
+    assert cli.main([str(folder / "sub-01_T2w.nii.gz"), str(out), "-q", "--step1", "-k", "step1_output",
+                     "step1_levels"], models=oracle_models(anatomy.labels, anatomy.affine)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["step1_levels", "step1_output"]
 
 

@@ -1,7 +1,10 @@
 """BIDS-Derivatives names, look-up tables, dataset_description.json and the shared-file writes."""
 
+import csv
+import io
 import json
 import os
+import re
 import threading
 from pathlib import PurePosixPath
 
@@ -62,13 +65,16 @@ def _tsv(text):
     return [dict(zip(header, r, strict=False)) for r in rows]
 
 
-def test_spine_lut_is_built_from_the_label_table():
-    rows = _tsv(D.dseg_lut())
-    assert [int(r["index"]) for r in rows] == list(L.FINAL)
-    for r in rows:
-        s = L.FINAL[int(r["index"])]
-        assert (r["name"], r["abbreviation"]) == (s.name, s.abbreviation)
-        assert r["color"] == "#{:02x}{:02x}{:02x}".format(*s.colour)
+def test_spine_lut_names_every_label_with_a_distinct_colour():
+    rows = list(csv.DictReader(io.StringIO(D.dseg_lut()), delimiter="\t"))
+    assert list(rows[0]) == ["index", "name", "abbreviation", "color", "mapping"]  # BIDS dseg.tsv columns
+    by_index = {int(r["index"]): r for r in rows}
+    assert by_index[1]["name"] == "spinal_cord" and by_index[2]["name"] == "spinal_canal"
+    assert [by_index[v]["abbreviation"] for v in (11, 17, 21, 32, 41, 45, 46, 50)] == [
+        "C1", "C7", "T1", "T12", "L1", "L5", "L6", "sacrum"]
+    assert by_index[63]["abbreviation"] == "C2C3" and by_index[100]["abbreviation"] == "L5S"
+    colours = [r["color"] for r in rows]
+    assert all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in colours) and len(set(colours)) == len(colours)
     assert {r["mapping"] for r in rows} <= {"3", "4", "5", "n/a"}
 
 

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from totalspineseg import resample as R
 from totalspineseg import volume as V
 from totalspineseg.errors import InputError
 
@@ -278,15 +279,15 @@ def _phantom(shape=(7, 9, 11), zooms=(0.8, 0.9, 3.0)):
 
 @pytest.mark.parametrize("codes", ORIENTATIONS)
 def test_canonical_round_trip_is_exact(codes):
-    data, affine = V.reorient(*_phantom(), codes)
+    data, affine = R.reorient(*_phantom(), codes)
     assert "".join(nib.aff2axcodes(affine)) == codes
-    data_c, affine_c = V.to_canonical(data, affine)
+    data_c, affine_c = R.to_canonical(data, affine)
     assert nib.aff2axcodes(affine_c) == ("R", "A", "S")
     reference = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
     np.testing.assert_array_equal(data_c, reference.get_fdata(dtype=np.float32))
     np.testing.assert_allclose(affine_c, reference.affine, atol=1e-9)
-    assert V.canonical_grid(data.shape, affine) == (data_c.shape, pytest.approx(affine_c))
-    back = V.from_canonical(data_c, affine_c, affine, data.shape)
+    assert R.canonical_grid(data.shape, affine) == (data_c.shape, pytest.approx(affine_c))
+    back = R.from_canonical(data_c, affine_c, affine, data.shape)
     assert back.dtype == data.dtype
     np.testing.assert_array_equal(back, data)
 
@@ -296,16 +297,16 @@ def test_canonical_round_trip_on_an_oblique_grid():
     angle = np.deg2rad(20)
     rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
     affine[:3, :3] = rotation @ affine[:3, :3]
-    data, affine = V.reorient(data, affine, "PIL")
-    data_c, affine_c = V.to_canonical(data, affine)
-    np.testing.assert_array_equal(V.from_canonical(data_c, affine_c, affine, data.shape), data)
+    data, affine = R.reorient(data, affine, "PIL")
+    data_c, affine_c = R.to_canonical(data, affine)
+    np.testing.assert_array_equal(R.from_canonical(data_c, affine_c, affine, data.shape), data)
 
 
 def test_from_canonical_refuses_a_grid_that_is_not_a_reorientation():
     data, affine = _phantom()
-    data_c, affine_c = V.to_canonical(data, affine)
+    data_c, affine_c = R.to_canonical(data, affine)
     with pytest.raises(ValueError, match="resample_to_grid"):
-        V.from_canonical(data_c, affine_c, _affine((1.0, 1.0, 1.0)), data.shape)
+        R.from_canonical(data_c, affine_c, _affine((1.0, 1.0, 1.0)), data.shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,9 +316,9 @@ def test_from_canonical_refuses_a_grid_that_is_not_a_reorientation():
 @pytest.mark.parametrize("codes", ["RAS", "LPS", "PSR"])
 def test_iso_grid_follows_the_ceil_and_half_voxel_rule(codes):
     shape, zooms = (75, 311, 17), (0.8, 0.8, 3.3)
-    _, affine = V.reorient(np.zeros(shape, np.uint8), _affine(zooms, (5.0, -7.0, 12.0)), codes)
-    native_shape = V.reorient(np.zeros(shape, np.uint8), _affine(zooms), codes)[0].shape
-    iso_shape, iso_affine = V.iso_grid(native_shape, affine)
+    _, affine = R.reorient(np.zeros(shape, np.uint8), _affine(zooms, (5.0, -7.0, 12.0)), codes)
+    native_shape = R.reorient(np.zeros(shape, np.uint8), _affine(zooms), codes)[0].shape
+    iso_shape, iso_affine = R.iso_grid(native_shape, affine)
     native_zooms = V.voxel_sizes(affine)
     assert iso_shape == tuple(int(np.ceil(n * z)) for n, z in zip(native_shape, native_zooms, strict=False))
     np.testing.assert_allclose(V.voxel_sizes(iso_affine), 1.0)
@@ -331,12 +332,12 @@ def test_iso_grid_follows_the_ceil_and_half_voxel_rule(codes):
 
 def test_iso_grid_keeps_singleton_axes_and_ignores_float32_rounding():
     affine = _affine(np.float32([0.8, 0.8, 5.0]).astype(np.float64))
-    assert V.iso_grid((250, 250, 1), affine)[0] == (200, 200, 1)
-    assert V.iso_grid((10, 10, 10), _affine((1.0, 1.0, 1.0)), spacing=(0.5, 2.0, 1.0))[0] == (20, 5, 10)
+    assert R.iso_grid((250, 250, 1), affine)[0] == (200, 200, 1)
+    assert R.iso_grid((10, 10, 10), _affine((1.0, 1.0, 1.0)), spacing=(0.5, 2.0, 1.0))[0] == (20, 5, 10)
 
 
 def test_to_iso_matches_canonical_then_resample_and_keeps_the_edges():
-    data, affine = V.reorient(np.ones((40, 50, 12), np.float32), _affine((0.8, 0.8, 3.0)), "PSR")
+    data, affine = R.reorient(np.ones((40, 50, 12), np.float32), _affine((0.8, 0.8, 3.0)), "PSR")
     iso, iso_affine = V.to_iso(V.Volume(data, affine))
     assert nib.aff2axcodes(iso_affine) == ("R", "A", "S")
     np.testing.assert_allclose(V.voxel_sizes(iso_affine), 1.0)
@@ -344,8 +345,8 @@ def test_to_iso_matches_canonical_then_resample_and_keeps_the_edges():
     # SimpleITK's rule: voxels within half a source voxel of the outer voxel centres take the edge value.
     np.testing.assert_array_equal(iso, 1.0)
     ramp = np.random.default_rng(RNG_SEED).random(data.shape).astype(np.float32)
-    data_c, affine_c = V.to_canonical(ramp, affine)
-    expected = V.resample_to_grid(data_c, affine_c, iso.shape, iso_affine, "image")
+    data_c, affine_c = R.to_canonical(ramp, affine)
+    expected = R.resample_to_grid(data_c, affine_c, iso.shape, iso_affine, "image")
     np.testing.assert_allclose(V.to_iso(V.Volume(ramp, affine))[0], expected, atol=1e-6)
 
 
@@ -357,11 +358,11 @@ def test_to_iso_matches_canonical_then_resample_and_keeps_the_edges():
 @pytest.mark.parametrize("zooms", [(1.0, 1.0, 1.0), (2.0, 1.0, 3.0), (1.0, 4.0, 5.0)])
 def test_labels_to_1mm_and_back_are_exact(codes, zooms):
     labels = np.random.default_rng(RNG_SEED).integers(0, 30, (12, 10, 8)).astype(np.uint8)
-    data, affine = V.reorient(labels, _affine(zooms, (3.0, -4.0, 5.0)), codes)
-    iso_shape, iso_affine = V.iso_grid(*V.canonical_grid(data.shape, affine))
-    iso = V.resample_to_grid(data, affine, iso_shape, iso_affine, "labels")
+    data, affine = R.reorient(labels, _affine(zooms, (3.0, -4.0, 5.0)), codes)
+    iso_shape, iso_affine = R.iso_grid(*R.canonical_grid(data.shape, affine))
+    iso = R.resample_to_grid(data, affine, iso_shape, iso_affine, "labels")
     assert iso.dtype == np.uint8 and set(np.unique(iso)) <= set(np.unique(data))
-    back = V.resample_to_grid(iso, iso_affine, data.shape, affine, "labels")
+    back = R.resample_to_grid(iso, iso_affine, data.shape, affine, "labels")
     assert back.dtype == data.dtype and back.shape == data.shape
     np.testing.assert_array_equal(back, data)
 
@@ -370,15 +371,15 @@ def test_labels_to_1mm_and_back_are_exact(codes, zooms):
 def test_labels_back_to_native_do_not_depend_on_the_input_orientation(tmp_path, zooms):
     """Same anatomy stored as RAS, LPS, PSR...: the labels on the native grid are the same voxels."""
     shape, base = (23, 31, 12), _affine(zooms, (-31.7, 12.2, 55.1))
-    iso_shape, _ = V.iso_grid(*V.canonical_grid(shape, base))
+    iso_shape, _ = R.iso_grid(*R.canonical_grid(shape, base))
     iso_labels = np.random.default_rng(RNG_SEED).integers(0, 50, iso_shape).astype(np.uint8)
     results = []
     for codes in ["RAS", "LPS", "PSR", "ASL"]:
-        data, affine = V.reorient(np.zeros(shape, np.uint8), base, codes)
+        data, affine = R.reorient(np.zeros(shape, np.uint8), base, codes)
         native = V.load_labels(V.save_nifti(tmp_path / f"{codes}.nii.gz", data, affine))  # float32 affine
-        iso_affine = V.iso_grid(*V.canonical_grid(native.shape, native.affine))[1]
-        back = V.resample_to_grid(iso_labels, iso_affine, native.shape, native.affine, "labels")
-        results.append(V.to_canonical(back, native.affine)[0])
+        iso_affine = R.iso_grid(*R.canonical_grid(native.shape, native.affine))[1]
+        back = R.resample_to_grid(iso_labels, iso_affine, native.shape, native.affine, "labels")
+        results.append(R.to_canonical(back, native.affine)[0])
     for result in results[1:]:
         np.testing.assert_array_equal(result, results[0])
 
@@ -387,14 +388,14 @@ def test_resample_kinds_and_outside_values():
     data = np.full((6, 6, 6), 0.75, np.float32)
     affine = _affine()
     shifted = _affine(origin=(3.2, 0.0, 0.0))
-    image = V.resample_to_grid(data * 4, affine, (6, 6, 6), shifted, "image")
+    image = R.resample_to_grid(data * 4, affine, (6, 6, 6), shifted, "image")
     assert image.dtype == np.float32
     np.testing.assert_allclose(image[:2], 3.0)  # up to 2.2 voxels: inside or within the half-voxel border
     np.testing.assert_array_equal(image[3:], 0.0)  # beyond 5.5: outside
-    soft = V.resample_to_grid(data * 4, affine, (6, 6, 6), affine, "soft")
+    soft = R.resample_to_grid(data * 4, affine, (6, 6, 6), affine, "soft")
     np.testing.assert_array_equal(soft, 1.0)
     with pytest.raises(ValueError, match="unknown resampling kind"):
-        V.resample_to_grid(data, affine, (6, 6, 6), affine, "cubic")
+        R.resample_to_grid(data, affine, (6, 6, 6), affine, "cubic")
 
 
 def _rotated(affine, degrees, axis=2):
@@ -413,32 +414,32 @@ def test_fast_path_is_used_for_reorientation_and_equals_map_coordinates(monkeypa
     src_affine = _affine((0.8, 0.9, 3.0), (1.0, 2.0, 3.0))
     targets = []
     for codes in ["LPS", "PSR", "ASL"]:
-        reoriented_data, reoriented = V.reorient(src, src_affine, codes)
+        reoriented_data, reoriented = R.reorient(src, src_affine, codes)
         targets.append((reoriented_data.shape, reoriented))
         shifted = reoriented.copy()
         shifted[:3, 3] += reoriented[:3, :3] @ [2.0, -1.0, 3.0]  # integer shift, partly outside
         targets.append((reoriented_data.shape, shifted))
-    scaled_shape, scaled = V.iso_grid(src.shape, src_affine)  # axis-aligned, non-integer
+    scaled_shape, scaled = R.iso_grid(src.shape, src_affine)  # axis-aligned, non-integer
     targets.append((scaled_shape, scaled))
 
     expected = []
     for shape, target in targets:
         index_map = np.linalg.inv(src_affine) @ target
         expected.append(
-            (V._resample_general(src, index_map, shape, 1), V._resample_general(labels, index_map, shape, 0))
+            (R._resample_general(src, index_map, shape, 1), R._resample_general(labels, index_map, shape, 0))
         )
 
     def _no_general(*args, **kwargs):
         raise AssertionError("the general path was used")
 
-    monkeypatch.setattr(V, "_resample_general", _no_general)
+    monkeypatch.setattr(R, "_resample_general", _no_general)
     for (shape, target), (image_ref, labels_ref) in zip(targets, expected, strict=False):
-        image = V.resample_to_grid(src, src_affine, shape, target, "image")
+        image = R.resample_to_grid(src, src_affine, shape, target, "image")
         np.testing.assert_allclose(image, image_ref, atol=1e-6)
-        nearest = V.resample_to_grid(labels, src_affine, shape, target, "labels")
+        nearest = R.resample_to_grid(labels, src_affine, shape, target, "labels")
         np.testing.assert_array_equal(nearest, labels_ref)
 
-    same = V.resample_to_grid(src, src_affine, src.shape, src_affine, "image")
+    same = R.resample_to_grid(src, src_affine, src.shape, src_affine, "image")
     np.testing.assert_array_equal(same, src)
     assert not np.shares_memory(same, src)
 
@@ -447,9 +448,9 @@ def test_rotated_grids_use_map_coordinates(monkeypatch):
     src = np.random.default_rng(RNG_SEED).random((10, 10, 10)).astype(np.float32)
     affine = _affine()
     rotated = _rotated(affine, 30)
-    monkeypatch.setattr(V, "_CHUNK_VOXELS", 150)  # several slabs
-    monkeypatch.setattr(V, "_resample_separable", lambda *a, **k: pytest.fail("separable path used"))
-    out = V.resample_to_grid(src, affine, (10, 10, 10), rotated, "image")
+    monkeypatch.setattr(R, "_CHUNK_VOXELS", 150)  # several slabs
+    monkeypatch.setattr(R, "_resample_separable", lambda *a, **k: pytest.fail("separable path used"))
+    out = R.resample_to_grid(src, affine, (10, 10, 10), rotated, "image")
     centre = _voxel(affine, _world(rotated, [4.0, 5.0, 6.0]))[0]
     from scipy.ndimage import map_coordinates
 
@@ -465,7 +466,7 @@ def _points_case(n_points=25):
     """Single-voxel points on a 1 mm canonical grid, and a coarse native grid with 5 mm slices."""
     rng = np.random.default_rng(RNG_SEED)
     fine_shape, fine_affine = (40, 60, 120), _affine(origin=(-20.0, -30.0, -60.0))
-    coarse_data, coarse_affine = V.reorient(
+    coarse_data, coarse_affine = R.reorient(
         np.zeros((10, 75, 150), np.uint8), _affine((5.0, 0.8, 0.8), (-22.0, -30.0, -60.0)), "LPS"
     )
     fine = np.zeros(fine_shape, np.uint8)
@@ -486,7 +487,7 @@ def test_points_all_survive_once_within_one_coarse_voxel():
     first = np.argwhere(fine == 1)[0]
     fine[tuple(first + [1, 0, 0])] = 26
     fine[tuple(first + [2, 0, 0])] = 27
-    out = V.resample_to_grid(fine, fine_affine, coarse_shape, coarse_affine, "points")
+    out = R.resample_to_grid(fine, fine_affine, coarse_shape, coarse_affine, "points")
     assert out.dtype == np.uint8 and out.shape == coarse_shape
     labels, true_positions = _true_positions(fine, fine_affine, coarse_affine)
     values, counts = np.unique(out[out > 0], return_counts=True)
@@ -501,7 +502,7 @@ def test_colliding_point_moves_to_the_nearest_free_voxel_in_world_distance():
     fine_affine, coarse_affine = _affine(), _affine((5.0, 1.0, 1.0))
     fine = np.zeros((20, 10, 10), np.uint8)
     fine[10, 5, 5], fine[11, 5, 5] = 3, 7  # both fall in coarse voxel (2, 5, 5)
-    out = V.resample_to_grid(fine, fine_affine, (4, 10, 10), coarse_affine, "points")
+    out = R.resample_to_grid(fine, fine_affine, (4, 10, 10), coarse_affine, "points")
     assert out[2, 5, 5] == 3
     moved = np.argwhere(out == 7)
     assert len(moved) == 1 and moved[0][0] == 2  # a 1 mm in-plane step, not a 5 mm slice step
@@ -514,18 +515,18 @@ def test_points_outside_the_field_of_view_are_clipped_in_and_blobs_use_their_cen
     fine[0, 15, 15] = 1  # outside the small target grid below
     fine[20:23, 20, 20] = 2  # a 3-voxel blob: centroid (21, 20, 20)
     target = _affine(origin=(10.0, 10.0, 10.0))
-    out = V.resample_to_grid(fine, affine, (15, 15, 15), target, "points")
+    out = R.resample_to_grid(fine, affine, (15, 15, 15), target, "points")
     assert tuple(np.argwhere(out == 1)[0]) == (0, 5, 5)
     assert tuple(np.argwhere(out == 2)[0]) == (11, 10, 10)
-    assert V.resample_to_grid(np.zeros((3, 3, 3), np.uint8), affine, (2, 2, 2), affine, "points").sum() == 0
+    assert R.resample_to_grid(np.zeros((3, 3, 3), np.uint8), affine, (2, 2, 2), affine, "points").sum() == 0
 
 
 def test_points_round_trip_through_1mm_keeps_every_level_nearby():
     fine, fine_affine, coarse_shape, coarse_affine = _points_case(n_points=40)
-    coarse = V.resample_to_grid(fine, fine_affine, coarse_shape, coarse_affine, "points")
-    iso_shape, iso_affine = V.iso_grid(*V.canonical_grid(coarse_shape, coarse_affine))
-    iso = V.resample_to_grid(coarse, coarse_affine, iso_shape, iso_affine, "points")
-    back = V.resample_to_grid(iso, iso_affine, coarse_shape, coarse_affine, "points")
+    coarse = R.resample_to_grid(fine, fine_affine, coarse_shape, coarse_affine, "points")
+    iso_shape, iso_affine = R.iso_grid(*R.canonical_grid(coarse_shape, coarse_affine))
+    iso = R.resample_to_grid(coarse, coarse_affine, iso_shape, iso_affine, "points")
+    back = R.resample_to_grid(iso, iso_affine, coarse_shape, coarse_affine, "points")
     # 0.8 mm -> 1 mm loses sub-millimetre precision, so a point may land one native voxel away.
     for label in range(1, 41):
         (before,), (after,) = np.argwhere(coarse == label), np.argwhere(back == label)
@@ -538,7 +539,7 @@ def test_points_round_trip_through_1mm_keeps_every_level_nearby():
 
 def test_save_nifti_writes_matching_qform_sform_and_data(tmp_path):
     data = np.random.default_rng(RNG_SEED).integers(0, 100, (6, 7, 8)).astype(np.int64)
-    _, affine = V.reorient(data, _affine((0.8, 0.8, 3.0), (-12.0, 30.0, 7.5)), "PSR")
+    _, affine = R.reorient(data, _affine((0.8, 0.8, 3.0), (-12.0, 30.0, 7.5)), "PSR")
     affine = _rotated(affine, 12, axis=0)
     path = V.save_nifti(tmp_path / "seg.nii.gz", data, affine)
     assert path == tmp_path / "seg.nii.gz"
@@ -638,12 +639,12 @@ def test_crop_to_mask_and_paste_round_trip():
     data, affine = _phantom(shape=(20, 30, 25))
     mask = np.zeros(data.shape, np.uint8)
     mask[1:5, 10:12, 20:24] = 3
-    cropped, cropped_affine, slices = V.crop_to_mask(data, mask, affine, margin=2)
+    cropped, cropped_affine, slices = R.crop_to_mask(data, mask, affine, margin=2)
     assert slices == (slice(0, 7), slice(8, 14), slice(18, 25))
     np.testing.assert_array_equal(cropped, data[slices])
     np.testing.assert_allclose(_world(cropped_affine, [0, 0, 0]), _world(affine, [0, 8, 18]))
-    pasted = V.paste(cropped, slices, data.shape, fill=-1)
+    pasted = R.paste(cropped, slices, data.shape, fill=-1)
     np.testing.assert_array_equal(pasted[slices], data[slices])
     assert pasted.sum() == pytest.approx(cropped.sum() - (data.size - cropped.size), rel=1e-5)
     with pytest.raises(ValueError, match="empty mask"):
-        V.crop_to_mask(data, np.zeros_like(mask), affine, margin=2)
+        R.crop_to_mask(data, np.zeros_like(mask), affine, margin=2)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from . import labels as L
-from . import volume
+from . import resample, volume
 from .errors import LabelingError
 from .labeling import LabelingParams, LabelingResult, Localizer, label_step1, label_step2
 from .postprocess import complete_discs, disc_level_points, mask_soft, odd_disc_mask
@@ -202,7 +202,7 @@ def segment(image: str | Path | volume.Volume, models: Models, localizer: Locali
     crop_grid = None
     if not options.step1_only:
         with timer.stage("step2_forward"):
-            cropped, crop_affine, slices = volume.crop_to_mask(iso_image, res1.seg, iso_affine, options.crop_margin)
+            cropped, crop_affine, slices = resample.crop_to_mask(iso_image, res1.seg, iso_affine, options.crop_margin)
             crop_grid = Grid(tuple(cropped.shape), crop_affine)
             odd = odd_disc_mask(res1.seg[slices])
             channels = np.stack([cropped, odd.astype(np.float32)])
@@ -212,7 +212,7 @@ def segment(image: str | Path | volume.Volume, models: Models, localizer: Locali
         with timer.stage("step2_labeling"):
             res2 = label_step2(step2_raw, crop_affine, loc, options.labeling, step1=Localizer(res1.seg, iso_affine))
             seg2 = complete_discs(res2.seg, res1.seg[slices]) if options.complete_discs else res2.seg
-            step2_iso = volume.paste(seg2, slices, iso_grid.shape)
+            step2_iso = resample.paste(seg2, slices, iso_grid.shape)
             warnings += [f"step 2: {w}" for w in res2.warnings]
 
     iso_out = Outputs(iso_grid, res1.seg, step2_iso, cord, canal, levels)
@@ -233,7 +233,7 @@ def _to_native(iso: Outputs, vol: volume.Volume) -> Outputs:
     shape, affine = tuple(vol.shape[:3]), vol.affine
 
     def back(arr, kind):
-        return None if arr is None else volume.resample_to_grid(arr, iso.grid.affine, shape, affine, kind)
+        return None if arr is None else resample.resample_to_grid(arr, iso.grid.affine, shape, affine, kind)
 
     return Outputs(Grid(shape, affine), back(iso.step1, "labels"), back(iso.step2, "labels"),
                    back(iso.cord, "soft"), back(iso.canal, "soft"), back(iso.levels, "points"))

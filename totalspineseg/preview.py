@@ -24,6 +24,7 @@ from scipy import ndimage
 from . import labels as L
 from .fsutil import atomic_write
 from .geometry import Centerline
+from .resample import voxel_sizes
 
 __all__ = [
     "render_preview",
@@ -330,10 +331,6 @@ def _axial_crop(seg, spacing) -> tuple[slice, slice]:
 # Drawing
 
 
-def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
-
-
 def _text(ax, x, y, s, size, colour=_TEXT, **kw):
     outline = [patheffects.withStroke(linewidth=2.2, foreground="black")]
     return ax.text(x, y, s, fontsize=size, color=colour, path_effects=outline, clip_on=False, **kw)
@@ -426,7 +423,7 @@ def _sagittal_path(seg, levels, shape) -> np.ndarray:
 
 def _scene(image, seg, affine, levels, tags, alpha) -> _Scene:
     ny, nz = image.shape[1:]
-    spacing = _voxel_sizes(affine)
+    spacing = voxel_sizes(affine)
     dy, dz = spacing[1], spacing[2]
     window = intensity_window(image)
     path = _sagittal_path(seg, levels, image.shape)

@@ -11,7 +11,7 @@ derivatives  BIDS-Derivatives names, sidecars, look-up tables, dataset_descripti
 qc           per-image measurements and QC flags
 group        participant pages, group_spine.tsv, group_report.html
 report       the HTML of those pages
-main         the entry point and its exit codes
+app          the entry point: checks, planning, then the participant or group level
 
 Importing the package loads none of them: tooling that only needs `derivatives` pays for nothing else.
 """
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 
 def main(argv: list[str] | None = None, models=None) -> int:
-    """The BIDS-App entry point (see `bids_app.main.main`)."""
-    from .main import main as _main
+    """The BIDS-App entry point (see `bids_app.app.main`)."""
+    from .app import main as _main
 
     return _main(argv, models)
 

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import labels as L
-from ..volume import voxel_sizes
+from ..resample import voxel_sizes
 
 # A second piece of one label counts as a duplicate when it is at least this fraction of the largest piece
 # and at least this many mm3 (smaller bits are partial-volume crumbs of a thick-slice grid).

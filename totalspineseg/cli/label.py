@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from .. import __version__, labeling, volume
+from .. import __version__, labeling, resample, volume
 from ..console import ArgumentParser, add_logging_options, run_command
 
 log = logging.getLogger("totalspineseg.label")
@@ -44,9 +44,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 def to_work_grid(vol: volume.Volume) -> tuple[np.ndarray, np.ndarray]:
     """A label map on the canonical RAS+ 1 mm working grid (nearest neighbour)."""
-    data_c, aff_c = volume.to_canonical(vol.data, vol.affine)
-    shape, aff_iso = volume.iso_grid(data_c.shape, aff_c)
-    return volume.resample_to_grid(data_c, aff_c, shape, aff_iso, "labels"), aff_iso
+    data_c, aff_c = resample.to_canonical(vol.data, vol.affine)
+    shape, aff_iso = resample.iso_grid(data_c.shape, aff_c)
+    return resample.resample_to_grid(data_c, aff_c, shape, aff_iso, "labels"), aff_iso
 
 
 def label_file(step: str, raw_path, out_path, loc_path=None) -> labeling.LabelingResult:
@@ -58,7 +58,7 @@ def label_file(step: str, raw_path, out_path, loc_path=None) -> labeling.Labelin
         localizer = labeling.Localizer(loc.data, loc.affine)
     fn = labeling.label_step1 if step == "step1" else labeling.label_step2
     result = fn(classes, aff_iso, localizer)
-    native = volume.resample_to_grid(result.seg, aff_iso, raw.shape, raw.affine, "labels")
+    native = resample.resample_to_grid(result.seg, aff_iso, raw.shape, raw.affine, "labels")
     volume.save_nifti(out_path, native.astype(np.uint8), raw.affine, dtype=np.uint8)
     return result
 

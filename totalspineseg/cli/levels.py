@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from .. import __version__, postprocess, volume
+from .. import __version__, postprocess, resample, volume
 from ..console import ArgumentParser, add_logging_options, run_command
 from ..errors import InputError
 from ..labels import LEVEL_NAMES
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         levels, points = postprocess.disc_level_points(work)
     except ValueError as exc:
         raise InputError(args.seg, str(exc)) from None
-    native = volume.resample_to_grid(levels, aff_iso, seg.shape, seg.affine, "points")
+    native = resample.resample_to_grid(levels, aff_iso, seg.shape, seg.affine, "points")
     volume.save_nifti(args.out, native.astype(np.uint8), seg.affine, dtype=np.uint8)
     log.info("wrote %d levels (%s) to %s", len(points), ", ".join(LEVEL_NAMES[k] for k in sorted(points)), args.out)
     return 0

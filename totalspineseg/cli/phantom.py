@@ -29,6 +29,7 @@ Labels follow the final TotalSpineSeg scheme: cord {L.CORD}, canal {L.CANAL}, ve
 
 
 _DEFAULT = phantom.PhantomSpec()
+ERRORS = (UsageError, CannotCreate, InternalError)  # the only errors this command can end with
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def get_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Write seeded synthetic spine MRI phantoms with exact ground-truth labels.",
         epilog=EPILOG,
-        exit_codes=(UsageError, CannotCreate, InternalError),
+        exit_codes=ERRORS,
     )
     p.add_argument("outdir", help="output folder (created if needed)")
     p.add_argument("--seed", type=int, default=_DEFAULT.seed, help=f"anatomy and noise seed (default {_DEFAULT.seed})")

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import labels as L
-from .. import volume
+from .. import resample, volume
 from ..errors import InputError, TotalSpineSegError
 from ..weights import STEP_DATASETS
 
@@ -208,7 +208,7 @@ def check_pair(image: volume.Volume, seg: volume.Volume) -> None:
 def to_network_grid(image: volume.Volume, seg: volume.Volume, spacing: float = 1.0) -> GridCase:
     """The image (linear) and labels (nearest) on the canonical grid at `spacing` mm."""
     data, affine = volume.to_iso(image, spacing)
-    labels = volume.resample_to_grid(seg.data.astype(np.uint8), seg.affine, data.shape, affine, "labels")
+    labels = resample.resample_to_grid(seg.data.astype(np.uint8), seg.affine, data.shape, affine, "labels")
     return GridCase(data, labels, affine)
 
 
@@ -240,7 +240,7 @@ def alternate_disc_mask(seg: np.ndarray, mark_odd: bool) -> np.ndarray:
 def step2_cases(case: GridCase) -> list[tuple[str, list[np.ndarray], np.ndarray, np.ndarray]]:
     """(name suffix, channels, labels, affine) of the two step-2 copies, cropped to the spine plus 10 mm."""
     margin = int(math.ceil(CROP_MARGIN_MM / float(case.spacing.min()) - 1e-6))
-    image, affine, slices = volume.crop_to_mask(case.image, case.seg != 0, case.affine, margin)
+    image, affine, slices = resample.crop_to_mask(case.image, case.seg != 0, case.affine, margin)
     seg = case.seg[slices]
     out = []
     for swap in (False, True):
