@@ -276,6 +276,7 @@ def test_a_corrupt_image_fails_alone_with_a_crash_file(cohort, tmp_path):
     assert "Errors" in (out / "sub-02.html").read_text()
 
 
+@pytest.mark.slow
 def test_four_participant_jobs_share_one_output_folder(cohort, tmp_path):
     out = tmp_path / "out"
     # No HOME and an unusable TMPDIR: the jobs find their scratch space in the output folder. The fourth job

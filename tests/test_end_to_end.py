@@ -14,6 +14,8 @@ from totalspineseg.cli import segment as cli
 from totalspineseg.synth import phantom
 from totalspineseg.volume import save_nifti
 
+pytestmark = pytest.mark.slow  # real networks end to end (about 4 minutes in all)
+
 KINDS = {
     "resenc_daext": dict(planner="ResEncL", trainer_name="nnUNetTrainerDAExtGPU"),
     "plain": dict(planner="default", trainer_name="nnUNetTrainer"),

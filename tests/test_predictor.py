@@ -291,6 +291,7 @@ READ_ONLY_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_read_only_model_folder_and_install(resenc_folder, tmp_path):
     import nnunetv2
 
