@@ -19,7 +19,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from .errors import InputError
-from .fsutil import NIFTI_SUFFIXES, atomic_path
+from .fsutil import NIFTI_SUFFIXES, StagedWrites, atomic_path
 from .resample import canonical_grid, iso_grid, resample_to_grid, voxel_sizes
 
 __all__ = ["Volume", "load_volume", "load_labels", "to_iso", "save_nifti"]
@@ -217,12 +217,18 @@ def to_iso(vol: Volume, spacing=1.0) -> tuple[np.ndarray, np.ndarray]:
 # Writing
 
 
-def save_nifti(path, data, affine, dtype=None, header=None) -> Path:
+def save_nifti(path, data, affine, dtype=None, header=None, staged: StagedWrites | None = None) -> Path:
     """Write a NIfTI file atomically: a hidden temporary file in the same folder, then a rename.
 
-    qform and sform are both set to `affine` (keeping a non-zero code from `header`, else 'scanner').
-    Without `dtype`, integer and boolean data are stored in the first of uint8, uint16, int16, int32
-    that holds them (so labels up to 255 are uint8), and float data as float32.
+    With `staged`, the file is only written to its temporary name; `staged.commit()` renames it, together
+    with the rest of its set.
+
+    On the grid of `header` (the input's header, and `affine` the affine it gives), the output keeps the
+    input's qform and sform and their codes exactly, so it overlays the input in any viewer whichever
+    transform the viewer reads (upstream #51). Otherwise qform and sform are both `affine` (with the codes
+    of `header` when non-zero, else 'scanner'). Without `dtype`, integer and boolean data are stored in the
+    first of uint8, uint16, int16, int32 that holds them (so labels up to 255 are uint8), and float data as
+    float32.
     """
     path = Path(path)
     suffix = next((s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)), None)
@@ -231,20 +237,34 @@ def save_nifti(path, data, affine, dtype=None, header=None) -> Path:
     array = _cast_for_saving(np.asarray(data), dtype)
     affine = np.asarray(affine, dtype=np.float64)
 
-    hdr = header.copy() if header is not None else nib.Nifti1Header()
+    hdr = header.copy() if isinstance(header, nib.Nifti1Header) else nib.Nifti1Header()
     img = nib.Nifti1Image(array, affine, header=hdr)
     img.set_data_dtype(array.dtype)
-    sform_code = int(hdr["sform_code"]) or 1
-    qform_code = int(hdr["qform_code"]) or 1
-    img.set_sform(affine, code=sform_code)
-    img.set_qform(affine, code=qform_code)
+    if header is not None and _on_grid_of(hdr, affine, array.shape):
+        qform, qform_code = hdr.get_qform(coded=True)
+        sform, sform_code = hdr.get_sform(coded=True)
+        img.set_sform(sform if sform_code else affine, code=int(sform_code))
+        img.set_qform(qform if qform_code else affine, code=int(qform_code))
+    else:
+        img.set_sform(affine, code=int(hdr["sform_code"]) or 1)
+        img.set_qform(affine, code=int(hdr["qform_code"]) or 1)
     img.header.set_xyzt_units(xyz="mm", t="sec")
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     img.header.set_slope_inter(None, None)
 
+    if staged is not None:
+        nib.save(img, str(staged.path(path)))
+        return path
     with atomic_path(path) as tmp:  # hidden, and keeps the suffix that tells nibabel the format
         nib.save(img, str(tmp))
     return path
+
+
+def _on_grid_of(header: nib.Nifti1Header, affine: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether an array of `shape` with `affine` lies on the grid the header describes."""
+    if tuple(int(n) for n in header.get_data_shape()[:3]) != tuple(shape[:3]):
+        return False
+    return bool(np.allclose(header.get_best_affine(), affine, rtol=0, atol=1e-4))
 
 
 def _cast_for_saving(array: np.ndarray, dtype) -> np.ndarray:
