@@ -40,7 +40,7 @@ def test_folder_run_writes_upstream_layout_on_native_grid(tmp_path, images, anat
     out = tmp_path / "out"
     models = oracle_models(anatomy.labels, anatomy.affine)
     code = cli.main([str(folder), str(out), "-q"], models=models)
-    assert code == 1, "one input is corrupt: the run must say so"
+    assert code == 65, "one input is corrupt: the run must say so (bad input data)"
     for name, ph in truths.items():
         for sub in cli.DELIVERABLES:
             img = nib.load(out / sub / f"{name}.nii.gz")
@@ -58,7 +58,7 @@ def test_failures_are_summarised(tmp_path, images, anatomy, capsys):
     folder, _ = images
     code = cli.main([str(folder), str(tmp_path / "o"), "-q", "--step1"],
                     models=oracle_models(anatomy.labels, anatomy.affine))
-    assert code == 1  # some image failed
+    assert code == 65  # the only failure is bad input data
     err = capsys.readouterr().err
     assert "1 failed" in err and "sub-03_T2w.nii.gz" in err
 
@@ -68,7 +68,7 @@ def test_step1_only_and_keep_only(tmp_path, images, anatomy):
     out = tmp_path / "o"
     assert cli.main([str(folder / "sub-01_T2w.nii.gz"), str(out), "-q", "--step1", "-k", "step1_output",
                      "step1_levels"], models=oracle_models(anatomy.labels, anatomy.affine)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["step1_levels", "step1_output"]
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "step1_levels", "step1_output"]
 
 
 def test_iso_keeps_network_space_and_input(tmp_path, images, anatomy):

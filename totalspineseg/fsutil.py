@@ -170,10 +170,12 @@ class StagedWrites:
         for tmp, _ in self._staged:
             os.chmod(tmp, mode)
         done = []
-        for tmp, final in self._staged:
-            os.replace(tmp, final)
-            done.append(final)
-        self._staged = []
+        try:
+            for tmp, final in self._staged:
+                os.replace(tmp, final)
+                done.append(final)
+        finally:
+            self.discard()  # whatever was not renamed (a failure part-way) goes, never left as litter
         return done
 
     def discard(self) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import labels as L
 from . import resample, volume
-from .errors import LabelingError
+from .errors import InputError, LabelingError
 from .labeling import LabelingParams, LabelingResult, Localizer, label_step1, label_step2
 from .postprocess import complete_discs, disc_level_points, mask_soft, odd_disc_mask
 
@@ -118,6 +118,7 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     release: str = ""
     device: str = ""
+    header: Any = None  # the input's NIfTI header: outputs on its grid keep its qform/sform
 
     @property
     def final(self) -> Outputs:
@@ -159,6 +160,12 @@ def as_localizer(loc: LocalizerSource) -> Localizer | None:
         return loc
     if not isinstance(loc, volume.Volume):
         loc = volume.load_labels(loc)
+    unknown = np.setdiff1d(np.unique(loc.data), [0, *L.FINAL])
+    if unknown.size:
+        shown = ", ".join(str(int(v)) for v in unknown[:6]) + (", ..." if unknown.size > 6 else "")
+        raise InputError(loc.path or "<localizer>",
+                         f"not a segmentation of this tool: values {shown} are not labels (give the localizer's "
+                         "step2_output or step1_output file, not its image)")
     return Localizer(loc.data, loc.affine)
 
 
@@ -169,6 +176,7 @@ def segment(image: str | Path | volume.Volume, models: Models, localizer: Locali
     with timer.stage("load"):
         vol = image if isinstance(image, volume.Volume) else volume.load_volume(image)
         source = str(vol.path) if vol.path is not None else "<array>"
+        volume.check_plausible(vol)
         loc = as_localizer(localizer)
     with timer.stage("prepare"):
         iso_image, iso_affine = volume.to_iso(vol)
@@ -225,7 +233,8 @@ def segment(image: str | Path | volume.Volume, models: Models, localizer: Locali
     return SegmentationResult(
         source=source, native=native, iso=iso_out, iso_image=iso_image, step1_raw=step1_raw, step2_raw=step2_raw,
         step2_input=odd, crop_grid=crop_grid, step1_labeling=res1, step2_labeling=res2, level_points_iso=points,
-        warnings=warnings, timings=timer.timings, release=models.release, device=models.device,
+        warnings=[f"header: {w}" for w in vol.warnings] + warnings, timings=timer.timings,
+        release=models.release, device=models.device, header=vol.header,
     )
 
 

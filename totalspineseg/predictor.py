@@ -125,16 +125,33 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     import torch
 
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise WeightsError(f"{path}: corrupt or truncated checkpoint (the file is empty); reinstall the weights")
     allowlist = getattr(torch.serialization, "safe_globals", None)
     context = allowlist(_numpy_safe_globals()) if allowlist else contextlib.nullcontext()
     try:
         with context:
             return _load_weights_only(path, mmap)
     except pickle.UnpicklingError as exc:
-        raise WeightsError(f"{path}: refusing to unpickle {_unsafe_globals(path)}; only tensors, plain "
-                           f"containers and numpy scalars are allowed in a checkpoint") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise WeightsError(f"{path}: unreadable checkpoint ({exc})") from exc
+        unsafe = _unsafe_globals(path)
+        if unsafe is None:  # not a pickle at all: damaged bytes, not a refused object
+            raise WeightsError(f"{path}: corrupt or truncated checkpoint (not a PyTorch checkpoint file); "
+                               "reinstall the weights") from exc
+        raise WeightsError(f"{path}: refusing to unpickle {unsafe}: the checkpoint holds code, not only tensors, "
+                           f"plain containers and numpy scalars") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: corrupt or truncated checkpoint ({_first_line(exc)}); reinstall the weights"
+                           ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch appends paragraphs of advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(exc).__name__
 
 
 def _load_weights_only(path: Path, mmap: bool) -> dict:
@@ -165,15 +182,17 @@ def _numpy_safe_globals() -> list:
     return entries
 
 
-def _unsafe_globals(path: Path) -> str:
+def _unsafe_globals(path: Path) -> str | None:
+    """The objects a checkpoint's pickle would import that the allowlist refuses; None if it is no pickle."""
     import torch
 
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 - only used to word an error message
-        return "non-allowlisted objects"
+    except Exception:  # noqa: BLE001 - the file cannot even be scanned: it is damaged, not malicious
+        return None
     allowed = {_global_name(entry) for entry in _numpy_safe_globals()}
-    return ", ".join(name for name in names if name not in allowed) or "non-allowlisted objects"
+    refused = [name for name in names if name not in allowed]
+    return ", ".join(refused) if refused else None
 
 
 def _global_name(entry: Any) -> str:

@@ -26,6 +26,12 @@ __all__ = ["Volume", "load_volume", "load_labels", "to_iso", "save_nifti"]
 
 log = logging.getLogger(__name__)
 
+# Plausibility limits (`check_plausible`); `totalspineseg --help` states them.
+MIN_AXIS_MM = 10.0  # the field of view along every axis
+MIN_LONGEST_MM = 30.0  # ... and along the longest: about one vertebra with its discs
+MAX_WORK_VOXELS = 250_000_000  # the 1 mm working grid: 500 x 500 x 1000 mm, about 1 GB as float32
+QFORM_SFORM_TOL_MM = 1.0  # qform and sform may differ by rounding, not by this much
+
 # --------------------------------------------------------------------------------------------------
 # The in-memory volume
 
@@ -38,6 +44,7 @@ class Volume:
     affine: np.ndarray
     path: Path | None = None
     header: nib.Nifti1Header | None = None
+    warnings: tuple[str, ...] = ()  # problems of the file that do not stop it from being used
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -66,7 +73,7 @@ def load_volume(path) -> Volume:
         data = _read(path, lambda: img.get_fdata(dtype=np.float32, caching="unchanged"))
     data = data.reshape(shape[:3])
     _check_finite(path, data)
-    return Volume(data, affine, path, img.header.copy())
+    return Volume(data, affine, path, img.header.copy(), _header_warnings(path, img.header))
 
 
 def load_labels(path) -> Volume:
@@ -78,7 +85,7 @@ def load_labels(path) -> Volume:
         raise InputError(path, f"4-D label map with {shape[3]} volumes; a 3-D label map is required")
     affine = _affine_of(path, img)
     data = _read(path, lambda: np.asanyarray(img.dataobj)).reshape(shape[:3])
-    return Volume(_as_label_array(path, data), affine, path, img.header.copy())
+    return Volume(_as_label_array(path, data), affine, path, img.header.copy(), _header_warnings(path, img.header))
 
 
 def _open_nifti(path: Path):
@@ -153,6 +160,59 @@ def _affine_of(path: Path, img) -> np.ndarray:
     if scale == 0 or abs(np.linalg.det(linear)) <= 1e-6 * scale:
         raise InputError(path, "affine is not invertible (zero-length or collinear voxel axes)")
     return affine
+
+
+def transforms_disagree(qform: np.ndarray, sform: np.ndarray, shape: tuple[int, ...],
+                        tol_mm: float = QFORM_SFORM_TOL_MM) -> float | None:
+    """The largest distance (mm) between where the qform and the sform put a corner of the grid, if over `tol_mm`."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)]).T
+    worst = float(np.abs((np.asarray(qform) @ corners - np.asarray(sform) @ corners)[:3]).max())
+    return worst if worst > tol_mm else None
+
+
+def _header_warnings(path: Path, header) -> tuple[str, ...]:
+    """A qform and an sform that both claim to be valid but disagree: the sform is used (nibabel and the NIfTI
+    standard agree on that), and the outputs keep both, but the user must know."""
+    try:
+        qform, q_code = header.get_qform(coded=True)
+        sform, s_code = header.get_sform(coded=True)
+    except (AttributeError, TypeError):  # not a NIfTI-1/2 header
+        return ()
+    if not (q_code and s_code) or qform is None or sform is None:
+        return ()
+    distance = transforms_disagree(qform, sform, header.get_data_shape()[:3])
+    if distance is None:
+        return ()
+    message = (f"the qform and the sform of the header disagree (a corner of the image {distance:.0f} mm apart); "
+               "the sform is used, as nibabel and the NIfTI standard prescribe. If the image looks mis-oriented in the "
+               "previews, fix the header (e.g. set the sform to the qform) and run again")
+    log.warning("%s: %s", path, message)
+    return (message,)
+
+
+def check_plausible(vol: Volume, max_voxels: int = MAX_WORK_VOXELS) -> None:
+    """Refuse images that cannot hold a spine, before any network runs (InputError, exit 65).
+
+    A blank or constant image; a field of view under MIN_AXIS_MM along some axis or under MIN_LONGEST_MM
+    along all of them (too small to hold one vertebra); a 1 mm working grid over `max_voxels` (wrong voxel
+    sizes in the header, or not a spine scan).
+    """
+    where = vol.path if vol.path is not None else "<array>"
+    low, high = float(np.min(vol.data)), float(np.max(vol.data))
+    if low == high:
+        raise InputError(where, "blank image (every voxel is 0)" if high == 0 else
+                         f"constant image (every voxel is {high:g}): nothing to segment")
+    extent = np.asarray(vol.shape[:3]) * voxel_sizes(vol.affine)
+    size = " x ".join(f"{e:.4g}" for e in extent)
+    if extent.min() < MIN_AXIS_MM or extent.max() < MIN_LONGEST_MM:
+        raise InputError(where, f"field of view {size} mm is too small to hold a vertebra (at least {MIN_AXIS_MM:g} "
+                                f"mm along every axis and {MIN_LONGEST_MM:g} mm along one are needed)")
+    voxels = float(np.prod(np.ceil(extent - 1e-3)))
+    if voxels > max_voxels:
+        raise InputError(where, f"field of view {size} mm needs a 1 mm working grid of {voxels / 1e6:,.0f} million "
+                                f"voxels, over the limit of {max_voxels / 1e6:,.0f} million: check the voxel sizes "
+                                "in the header")
 
 
 def _mean_last_axis(img) -> np.ndarray:

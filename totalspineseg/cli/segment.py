@@ -14,8 +14,10 @@ import numpy as np
 
 from .. import __version__, volume
 from ..console import ArgumentParser, add_logging_options, describe_exception, run_command
-from ..errors import InputError, TotalSpineSegError
+from ..errors import SOME_IMAGE_FAILED, CannotCreate, InputError, TotalSpineSegError
+from ..fsutil import StagedWrites, sweep_stale_temps, temp_name_for
 from ..pipeline import Models, PipelineOptions, SegmentationResult, segment
+from .run_record import RunRecord, image_options, read_record, record_path, why_redo, write_record
 
 log = logging.getLogger("totalspineseg")
 
@@ -31,8 +33,17 @@ outputs (one file per image, named like the input, in these folders of OUTPUT):
   step1_levels/   one voxel per disc level: 3 = C2-C3 ... 25 = L5-S (1 = dens top, 2 = C1-C2)
   step2_output/   the final labels: every vertebra, disc, sacrum, cord and canal
   preview/        QC JPEGs
+  logs/           one JSON per image: the options, weights and version that made its outputs
   with --keep-intermediate also step1_raw/, step2_raw/, step2_input/ and input/ (network space)
-Outputs are on the input's grid (same shape and affine) unless --iso.
+Outputs are on the input's grid (same shape and affine, the input's qform and sform) unless --iso. An image's
+outputs appear together once all are written; a failure leaves the previous ones as they were. A re-run
+skips an image only when its record shows the same options, weights and version; otherwise it is redone.
+
+input checks (exit 65, "bad input data", before any network runs):
+  a blank or constant image; a field of view under {MIN_AXIS:g} mm along any axis or under {MIN_LONG:g} mm along all
+  of them; a 1 mm working grid over {MAX_VOX:,} voxels (wrong voxel sizes?); a --loc file that is not a
+  label map of this tool. A qform and an sform that disagree by over {QS_TOL:g} mm: a warning, the sform is used.
+  A run in which every failed image failed these checks exits 65, otherwise any failure gives 1.
 
 examples:
   totalspineseg sub-01_T2w.nii.gz out/ --weights demo
@@ -40,6 +51,8 @@ examples:
   totalspineseg images/ out/ --loc localizers/step2_output/ --suffix _T2w --loc-suffix _acq-localizer_T2w
   totalspineseg-weights install          # once, to install the official weights (r20260730)
 """
+EPILOG = EPILOG.format(MIN_AXIS=volume.MIN_AXIS_MM, MIN_LONG=volume.MIN_LONGEST_MM, MAX_VOX=volume.MAX_WORK_VOXELS,
+                       QS_TOL=volume.QFORM_SFORM_TOL_MM)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -172,14 +185,16 @@ def expected_outputs(output: Path, name: str, plan: Plan) -> list[Path]:
     return [output / f / f"{name}.nii.gz" for f in DELIVERABLES if plan.wants(f)]
 
 
-def write_outputs(result: SegmentationResult, output: Path, name: str, plan: Plan) -> list[Path]:
+def write_outputs(result: SegmentationResult, output: Path, name: str, plan: Plan, staged: StagedWrites) -> None:
+    """Stage every output of one image; `staged.commit()` makes them visible together."""
     out = result.final
-    written = []
+    native_header = result.header if result.native is not None else None
 
-    def put(folder, array, affine, dtype, suffix=""):
+    def put(folder, array, affine, dtype, suffix="", header=None):
         if array is None or not plan.wants(folder):
             return
-        written.append(volume.save_nifti(output / folder / f"{name}{suffix}.nii.gz", array, affine, dtype=dtype))
+        volume.save_nifti(output / folder / f"{name}{suffix}.nii.gz", array, affine, dtype=dtype, header=header,
+                          staged=staged)
 
     iso_aff = result.iso.grid.affine
     put("step1_raw", result.step1_raw, iso_aff, np.uint8)
@@ -188,28 +203,34 @@ def write_outputs(result: SegmentationResult, output: Path, name: str, plan: Pla
         put("step2_input", result.step2_input, result.crop_grid.affine, np.uint8, "_0001")
     put("input", result.iso_image, iso_aff, np.float32, "_0000")
     if plan.wants("preview"):
-        written += _write_previews(result, output / "preview", name)
-    put("step1_cord", out.cord, out.grid.affine, np.float32)
-    put("step1_canal", out.canal, out.grid.affine, np.float32)
-    put("step1_levels", out.levels, out.grid.affine, np.uint8)
-    put("step1_output", out.step1, out.grid.affine, np.uint8)
-    put("step2_output", out.step2, out.grid.affine, np.uint8)  # the final labels, written last
-    return written
+        _stage_previews(result, output / "preview", name, staged)
+    put("step1_cord", out.cord, out.grid.affine, np.float32, header=native_header)
+    put("step1_canal", out.canal, out.grid.affine, np.float32, header=native_header)
+    put("step1_levels", out.levels, out.grid.affine, np.uint8, header=native_header)
+    put("step1_output", out.step1, out.grid.affine, np.uint8, header=native_header)
+    put("step2_output", out.step2, out.grid.affine, np.uint8, header=native_header)  # the final labels, last
 
 
-def _write_previews(result: SegmentationResult, folder: Path, name: str) -> list[Path]:
-    try:
-        from ..preview import render_preview
-    except ImportError:  # pragma: no cover - preview module missing
-        return []
+def _stage_previews(result: SegmentationResult, folder: Path, name: str, staged: StagedWrites) -> None:
+    from ..preview import render_preview_bytes
+
     iso = result.iso
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [render_preview(result.iso_image, iso.step1, iso.grid.affine, folder / f"{name}_step1_output.jpg",
-                            title=f"{name}: step 1", levels=iso.levels)]
+    staged.write(folder / f"{name}_step1_output.jpg", render_preview_bytes(
+        result.iso_image, iso.step1, iso.grid.affine, title=f"{name}: step 1", levels=iso.levels))
     if iso.step2 is not None:
-        paths.append(render_preview(result.iso_image, iso.step2, iso.grid.affine,
-                                    folder / f"{name}_step2_output.jpg", title=f"{name}: step 2"))
-    return paths
+        staged.write(folder / f"{name}_step2_output.jpg", render_preview_bytes(
+            result.iso_image, iso.step2, iso.grid.affine, title=f"{name}: step 2"))
+
+
+def check_output_folder(output: Path) -> None:
+    """The output folder exists (or can be made) and takes files: checked before any network runs."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / temp_name_for(output / "probe").name
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CannotCreate(f"{output}: the output folder is not writable ({exc.strerror or exc})") from None
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -225,40 +246,72 @@ def load_models(args):
     return Models.load(paths, device=args.device, threads=args.max_workers, step1_only=args.step1)
 
 
-def process_all(args, models=None) -> int:
+def process_all(args: argparse.Namespace, models: Models | None = None) -> int:
     images = find_inputs(args.input, args.suffix)
     if not images:
         raise InputError(args.input, f"no .nii/.nii.gz image found (suffixes {args.suffix})")
+    check_output_folder(args.output)
+    sweep_stale_temps(args.output)
     plan = Plan.from_args(args)
     if models is None:
         models = load_models(args)
     options = plan.options(args)
-    failures: list[tuple[Path, str]] = []
+    failures: list[tuple[Path, str, Exception]] = []
     done = skipped = 0
-    bar = _progress(images, args.quiet)
-    for path in bar:
+    for path in _progress(images, args.quiet):
         name = image_name(path)
-        if not args.overwrite and all(p.exists() for p in expected_outputs(args.output, name, plan)):
-            skipped += 1
-            continue
         try:
             loc = find_localizer(args.loc, name, args.suffix, args.loc_suffix)
             if args.loc is not None and loc is None:
                 log.warning("%s: no localizer matches this image; numbering uses its own landmarks", path)
-            t0 = time.perf_counter()
-            result = segment(path, models, localizer=loc, options=options)
-            write_outputs(result, args.output, name, plan)
-            timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
-            log.info("%s done in %.1f s (%s)", path.name, time.perf_counter() - t0, timings)
+            wanted = image_options(args, plan.folders, loc, models.release, models.sha256)
+            reason = None if args.overwrite else why_redo(args.output, name, wanted, expected_outputs(
+                args.output, name, plan))
+            if not args.overwrite and reason is None:
+                skipped += 1
+                continue
+            if reason not in (None, "not done yet"):
+                log.info("%s: redoing: %s", path.name, reason)
+            _process_one(path, name, loc, models, options, plan, args, wanted)
             done += 1
         except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the others
-            failures.append((path, _failure_reason(path, exc, args.verbose)))
+            failures.append((path, _failure_reason(path, exc, args.verbose), exc))
             log.error("%s", failures[-1][1])
     print(f"totalspineseg: {done} done, {skipped} already complete, {len(failures)} failed, in {args.output}",
           file=sys.stderr)
-    for _, reason in failures:
+    for _, reason, _ in failures:
         print(f"  FAILED {reason}", file=sys.stderr)
-    return 1 if failures else 0
+    return exit_code_for([exc for _, _, exc in failures])
+
+
+def exit_code_for(failures: list[Exception]) -> int:
+    """0 when nothing failed; 65 when every failure was bad input data; else 1."""
+    if not failures:
+        return 0
+    if all(isinstance(exc, InputError) for exc in failures):
+        return InputError.exit_code
+    return SOME_IMAGE_FAILED
+
+
+def _process_one(path: Path, name: str, loc: Path | None, models: Models, options: PipelineOptions, plan: Plan,
+                 args: argparse.Namespace, wanted: dict) -> None:
+    """Segment one image and replace its outputs all at once: a failure leaves the previous set as it was."""
+    t0 = time.perf_counter()
+    result = segment(path, models, localizer=loc, options=options)
+    with StagedWrites() as staged:
+        write_outputs(result, args.output, name, plan, staged)
+        new = staged.finals
+        previous = read_record(args.output, name)
+        record_path(args.output, name).unlink(missing_ok=True)  # from here on the image is not complete
+    for rel in previous.outputs if previous else ():
+        if args.output / rel not in new:
+            (args.output / rel).unlink(missing_ok=True)
+    record = RunRecord(wanted, tuple(p.relative_to(args.output).as_posix() for p in new))
+    timings = {k: round(v, 3) for k, v in result.timings.items()}
+    write_record(args.output, name, record, {"source": str(path), "warnings": result.warnings, "timings": timings,
+                                             "device": result.device})
+    log.info("%s done in %.1f s (%s)", path.name, time.perf_counter() - t0,
+             ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
 
 
 def _failure_reason(path: Path, exc: Exception, verbose: int) -> str:
