@@ -17,6 +17,7 @@ from ..console import ArgumentParser, add_logging_options, describe_exception, r
 from ..errors import SOME_IMAGE_FAILED, CannotCreate, InputError, TotalSpineSegError
 from ..fsutil import StagedWrites, sweep_stale_temps, temp_name_for
 from ..pipeline import Models, PipelineOptions, SegmentationResult, segment
+from ..scratch import prepare_scratch
 from .run_record import RunRecord, image_options, read_record, record_path, why_redo, write_record
 
 log = logging.getLogger("totalspineseg")
@@ -87,6 +88,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-workers", "-w", type=int, default=None, metavar="N",
                    help="CPU threads for the networks (default: SLURM/OMP settings, else all allowed CPUs)."
                         " Images run one after the other in one process: no worker pools")
+    p.add_argument("--work-dir", type=Path, metavar="DIR",
+                   help="scratch folder for temporary files and library caches (default: $TMPDIR, /tmp, else "
+                        "OUTPUT/.work: the first writable; for read-only containers)")
     p.add_argument("--no-disc-completion", action="store_true",
                    help="keep step 2's discs exactly as its network gave them (upstream behaviour); by default the "
                         "step-1 disc voxels that step 2 left empty are added to the step-2 disc they belong to")
@@ -252,6 +256,7 @@ def process_all(args: argparse.Namespace, models: Models | None = None) -> int:
         raise InputError(args.input, f"no .nii/.nii.gz image found (suffixes {args.suffix})")
     check_output_folder(args.output)
     sweep_stale_temps(args.output)
+    prepare_scratch(args.work_dir, args.output)  # before torch and nnU-Net are imported
     plan = Plan.from_args(args)
     if models is None:
         models = load_models(args)
