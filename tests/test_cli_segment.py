@@ -113,8 +113,18 @@ def test_missing_weights_message_names_the_install_command(tmp_path, images, mon
     folder, _ = images
     monkeypatch.setenv("TOTALSPINESEG_DATA", str(tmp_path / "empty"))
     code = cli.main([str(folder / "sub-01_T2w.nii.gz"), str(tmp_path / "o")])
-    assert code != 0
+    assert code == 78
     assert "totalspineseg-weights install" in capsys.readouterr().err
+
+
+def test_in_a_container_the_missing_weights_message_says_how_to_bake_or_mount_them(tmp_path, images, monkeypatch,
+                                                                                   capsys):
+    folder, _ = images
+    monkeypatch.setenv("TOTALSPINESEG_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("TOTALSPINESEG_CONTAINER_TYPE", "docker")
+    assert cli.main([str(folder / "sub-01_T2w.nii.gz"), str(tmp_path / "o")]) == 78
+    err = capsys.readouterr().err
+    assert "totalspineseg-weights install" not in err and "TOTALSPINESEG_DATA=/weights" in err and "baked" in err
 
 
 def test_help_lists_every_upstream_option(capsys):

@@ -50,9 +50,13 @@ def _check_layout(out, images):
             res = nib.load(out / sub / f"{name}.nii.gz")
             assert res.shape == src.shape[:3], sub
             assert np.allclose(res.affine, src.affine, atol=1e-5), sub
-            assert np.allclose(res.get_qform(), res.get_sform())
+            # the input's transforms and codes, so that the output overlays it in any viewer
+            assert np.allclose(res.get_qform(), src.get_qform(), atol=1e-4), sub
+            assert np.allclose(res.get_sform(), src.get_sform(), atol=1e-4), sub
+            assert (int(res.header["qform_code"]), int(res.header["sform_code"])) == (
+                int(src.header["qform_code"]), int(src.header["sform_code"])), sub
         assert (out / "preview" / f"{name}_step2_output.jpg").is_file()
-    assert sorted(p.name for p in out.iterdir()) == sorted(list(cli.DELIVERABLES) + ["preview"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(list(cli.DELIVERABLES) + ["preview", "logs"])
 
 
 def test_phantom_folder(tmp_path, weights_root, phantom_folder):

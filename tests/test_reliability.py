@@ -346,3 +346,9 @@ def test_fuzzed_headers_and_shapes_give_a_result_or_one_clear_line(tmp_path, ana
         errors = [line for line in lines if line.startswith(("ERROR", "totalspineseg: error"))]
         if code:
             assert len(errors) == 1 and str(path) in errors[0], (path, lines)
+
+
+def test_a_missing_input_path_is_66(tmp_path, anatomy, capsys):
+    missing = tmp_path / "nowhere"
+    code, lines = run([missing, tmp_path / "out"], oracle_models(anatomy.labels, anatomy.affine), capsys)
+    assert code == 66 and lines == [f"totalspineseg: error: {missing}: no such file or folder"]

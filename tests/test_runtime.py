@@ -87,3 +87,30 @@ def test_cgroup_v1_quota_caps_the_affinity(tmp_path):
     assert runtime.resolve_threads(environ={}, cgroup_root=tmp_path) == 1
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert runtime.resolve_threads(environ={}, cgroup_root=tmp_path) == AFFINITY
+
+
+# --- precision ---------------------------------------------------------------------------------------
+
+AMX_CPU = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+OLD_CPU = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert runtime.cpu_has_native_bf16(AMX_CPU) is True
+    assert runtime.cpu_has_native_bf16(OLD_CPU) is False
+    assert runtime.cpu_has_native_bf16("processor : 0\nflags : avx512_bf16\n") is True
+
+
+def test_auto_precision_follows_the_hardware():
+    assert runtime.resolve_precision("auto", "cpu", native_bf16=True) == "bf16"
+    assert runtime.resolve_precision("auto", "cpu", native_bf16=False) == "fp32"
+    assert runtime.resolve_precision("auto", "cuda") == "fp16"
+
+
+def test_explicit_precision_is_kept_with_a_warning_where_it_is_slow(caplog):
+    assert runtime.resolve_precision("fp32", "cpu", native_bf16=True) == "fp32"
+    with caplog.at_level(logging.WARNING):
+        assert runtime.resolve_precision("bf16", "cpu", native_bf16=False) == "bf16"
+    assert "emulated" in caplog.text
+    with pytest.raises(ValueError, match="precision must be one of"):
+        runtime.resolve_precision("int8", "cpu")

@@ -406,7 +406,7 @@ def test_cli_install_list_path_verify(tmp_path, server, registered, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["path", "--data-dir", str(tmp_path)]) == 1
+    assert main(["path", "--data-dir", str(tmp_path)]) == 78
     err = capsys.readouterr().err
     assert err.startswith("totalspineseg-weights: error: no TotalSpineSeg weights") and err.count("\n") == 1
     assert main(["verify", "--data-dir", str(tmp_path)]) == 1

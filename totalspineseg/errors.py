@@ -75,8 +75,8 @@ class CannotCreate(TotalSpineSegError):
 class WeightsError(TotalSpineSegError):
     """Model weights are missing, corrupt or of the wrong layout."""
 
-    exit_code = 1
-    meaning = "no usable weights"
+    exit_code = 78  # EX_CONFIG: install, mount or bake the weights
+    meaning = "no usable weights (install, mount or bake them)"
 
 
 class LabelingError(TotalSpineSegError):

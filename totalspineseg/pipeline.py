@@ -67,20 +67,21 @@ class Models:
     release: str = "custom"
     sha256: dict = field(default_factory=dict)
     device: str = "cpu"
+    precision: str = "fp32"  # of the forward passes: fp32, bf16 or fp16
 
     @classmethod
     def load(cls, paths: ModelPaths, device: str = "auto", threads: int | None = None,
-             step1_only: bool = False) -> Models:
+             step1_only: bool = False, precision: str = "auto") -> Models:
         """Load the networks of a `weights.ModelPaths`."""
         from .predictor import load_model
 
         step1 = load_model(paths.step1, fold=paths.fold("step1"), checkpoint=paths.step1_checkpoint.name,
-                           device=device, threads=threads)
+                           device=device, threads=threads, precision=precision)
         step2 = None
         if not step1_only:
             step2 = load_model(paths.step2, fold=paths.fold("step2"), checkpoint=paths.step2_checkpoint.name,
-                               device=device, threads=threads)
-        return cls(step1, step2, paths.release, dict(paths.sha256), str(step1.device))
+                               device=device, threads=threads, precision=precision)
+        return cls(step1, step2, paths.release, dict(paths.sha256), str(step1.device), step1.precision)
 
 
 @dataclass
@@ -118,6 +119,7 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     release: str = ""
     device: str = ""
+    precision: str = "fp32"
     header: Any = None  # the input's NIfTI header: outputs on its grid keep its qform/sform
 
     @property
@@ -234,7 +236,7 @@ def segment(image: str | Path | volume.Volume, models: Models, localizer: Locali
         source=source, native=native, iso=iso_out, iso_image=iso_image, step1_raw=step1_raw, step2_raw=step2_raw,
         step2_input=odd, crop_grid=crop_grid, step1_labeling=res1, step2_labeling=res2, level_points_iso=points,
         warnings=[f"header: {w}" for w in vol.warnings] + warnings, timings=timer.timings,
-        release=models.release, device=models.device, header=vol.header,
+        release=models.release, device=models.device, precision=models.precision, header=vol.header,
     )
 
 

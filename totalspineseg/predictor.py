@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from totalspineseg.errors import TotalSpineSegError, WeightsError
-from totalspineseg.runtime import nnunet_output, resolve_threads
+from totalspineseg.runtime import nnunet_output, resolve_precision, resolve_threads
 from totalspineseg.weights.registry import CHECKPOINT_NAMES, DATASET_JSON, PLANS_JSON, fold_dir_name, model_name_parts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -203,7 +203,7 @@ class LoadedModel:
     """A network with its nnU-Net plans, ready to predict. Create it with :func:`load_model`."""
 
     def __init__(self, folder: ModelFolder, network: torch.nn.Module, state_dict: dict, configuration: str,
-                 trainer_name: str, device: torch.device, threads: int):
+                 trainer_name: str, device: torch.device, threads: int, precision: str = "fp32"):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -212,6 +212,7 @@ class LoadedModel:
         self.trainer_name = trainer_name
         self.device = device
         self.threads = threads
+        self.precision = precision  # "fp32", "bf16" or "fp16" (see runtime.resolve_precision)
         self.plans_manager = PlansManager(folder.plans)
         self.configuration_manager = self.plans_manager.get_configuration(configuration)
         with nnunet_output():
@@ -226,7 +227,7 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         return (f"LoadedModel({self.folder.path}, configuration={self.configuration!r}, "
-                f"device={self.device}, threads={self.threads})")
+                f"device={self.device}, threads={self.threads}, precision={self.precision})")
 
     @property
     def n_channels(self) -> int:
@@ -238,6 +239,14 @@ class LoadedModel:
         if self.label_manager.has_regions:
             return [int(v) for v in self.label_manager.regions_class_order]
         return [int(v) for v in self.label_manager.foreground_labels]
+
+    def _autocast(self):
+        """The CPU autocast of a bf16/fp16 run; on CUDA nnU-Net applies its own (fp16) autocast inside."""
+        import torch
+
+        if self.device.type != "cpu" or self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     def predict(self, image_channels: np.ndarray, spacing: Sequence[float] | None = None,
                 return_probabilities: bool | Sequence[int] = False, progress: bool = False,
@@ -260,7 +269,8 @@ class LoadedModel:
         data, _, properties = preprocessor.run_case_npy(
             data, None, properties, self.plans_manager, self.configuration_manager, self.folder.dataset_json)
         self._predictor.allow_tqdm = progress
-        logits = self._predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+        with self._autocast():
+            logits = self._predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
         del data
         result = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.plans_manager, self.configuration_manager, self.label_manager, properties,
@@ -307,11 +317,12 @@ class LoadedModel:
 
 
 def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, checkpoint: str | None = None,
-               device: str = "auto", threads: int | None = None) -> LoadedModel:
+               device: str = "auto", threads: int | None = None, precision: str = "fp32") -> LoadedModel:
     """Load ``fold`` of a trained-model folder; ``checkpoint`` defaults to best, then final.
 
     ``threads``: CPU threads for torch, as `totalspineseg.runtime.resolve_threads` settles them (never more than
     the CPUs this process may use; without it, OMP_NUM_THREADS, else all of them).
+    ``precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``, as `totalspineseg.runtime.resolve_precision` settles it.
     """
     import torch
 
@@ -337,7 +348,8 @@ def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, che
     del weights
     network.to(torch_device).eval()
     # the predictor reloads these before each prediction: hand it the network's own tensors, not a second copy
-    return LoadedModel(folder, network, network.state_dict(), configuration, trainer_name, torch_device, n_threads)
+    return LoadedModel(folder, network, network.state_dict(), configuration, trainer_name, torch_device, n_threads,
+                       resolve_precision(precision, torch_device.type))
 
 
 def _check_supported(folder: ModelFolder) -> None:

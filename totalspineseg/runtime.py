@@ -95,3 +95,45 @@ def nnunet_output(what: str = "nnU-Net") -> Iterator[None]:
         else:
             for line in lines:
                 log.debug("%s: %s", what, line)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16), from the flags in /proc/cpuinfo.
+
+    Without native units bf16 is emulated and slower than fp32, which is why nnU-Net leaves it off on CPU.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def resolve_precision(requested: str, device_type: str, native_bf16: bool | None = None) -> str:
+    """The precision a forward pass runs in: `auto` is bf16 on a CPU with native bf16, fp16 on CUDA (nnU-Net's
+    own autocast), fp32 otherwise. An explicit choice is kept (with a warning where it is slow or not honoured).
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")
+    if device_type == "cuda":
+        if requested in ("fp32", "bf16"):
+            log.warning("--precision %s: nnU-Net always predicts on CUDA under its fp16 autocast; using fp16",
+                        requested)
+        return "fp16"
+    native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+    if requested == "auto":
+        return "bf16" if native else "fp32"
+    if requested == "bf16" and not native:
+        log.warning("--precision bf16 on a CPU without native bf16 (AMX/AVX512-BF16): it is emulated, slower than fp32")
+    if requested == "fp16":
+        log.warning("--precision fp16 on the CPU: few CPUs compute fp16 natively; bf16 or fp32 is usually faster")
+    return requested

@@ -12,8 +12,10 @@ import tempfile
 from pathlib import Path
 
 from ..console import run_command
-from ..errors import CannotCreate, MissingInput, UnknownLevel, UsageError
+from ..errors import SOME_IMAGE_FAILED, CannotCreate, InputError, MissingInput, UnknownLevel, UsageError
+from ..fsutil import sweep_stale_temps
 from ..runtime import resolve_threads
+from ..scratch import prepare_scratch
 from . import derivatives as D
 from . import group, participant, plan, validation
 from .models import ModelSource, WeightsProvider, as_provider
@@ -47,7 +49,8 @@ def _participant(args, output_dir: Path, subjects, models) -> int:
     raw_description = validation.read_description(bids_dir)
     if output_dir.resolve() == bids_dir.resolve():
         raise UsageError("output_dir must differ from bids_dir (e.g. <bids_dir>/derivatives/totalspineseg)")
-    scratch = _scratch_dir(args.work_dir, output_dir)
+    _refuse_inside_raw(output_dir, bids_dir)
+    scratch = prepare_scratch(args.work_dir, output_dir)  # before torch and nnU-Net are imported
     if not args.skip_bids_validation:
         validation.run_validator(bids_dir, scratch)
     filters = read_filter_file(args.bids_filter_file)
@@ -55,31 +58,62 @@ def _participant(args, output_dir: Path, subjects, models) -> int:
     provider = None
     if not (args.dry_run or args.reports_only):
         provider = as_provider(models) if models is not None else WeightsProvider(
-            args.weights, args.device, _threads(args), args.step1)
+            args.weights, args.device, _threads(args), args.step1, precision=args.precision)
     layout = plan.build_layout(bids_dir, subjects, args.bids_database_dir, _inside(output_dir, bids_dir))
     the_plan = plan.make_plan(layout, filters, specs, subjects, read_labels(args.session_label, "ses-"))
     if args.dry_run:
         print(plan.describe(the_plan, lambda job: _status(output_dir, job)))
         return 0
     _make_output_dir(output_dir)
-    D.write_dataset_files(output_dir, raw_description, str(bids_dir))
+    sweep_stale_temps(output_dir)  # what a killed run left behind (only files whose process is gone)
+    try:
+        D.write_dataset_files(output_dir, raw_description, str(bids_dir))
+    except OSError as exc:
+        raise CannotCreate(f"{exc.filename or output_dir}: cannot write the dataset files ({exc.strerror})") from None
     outcomes = []
     if not args.reports_only:
         ctx = participant.RunContext(bids_dir, output_dir, provider, args.step1, args.iso, args.overwrite,
                                      logging.getLogger().level)
         outcomes = participant.run_all(ctx, the_plan.units(), args.nprocs)
-    for subject in the_plan.subjects:
-        group.write_participant_report(output_dir, subject)
+    if not participant.output_dir_present(output_dir):
+        _summarise(outcomes)
+        raise CannotCreate(f"{output_dir}: the output folder (or its dataset_description.json) disappeared "
+                           f"during the run; nothing more was written")
+    _write_reports(output_dir, the_plan.subjects)
     return _summarise(outcomes)
 
 
+def _write_reports(output_dir: Path, subjects) -> None:
+    for subject in subjects:
+        try:
+            group.write_participant_report(output_dir, subject)
+        except OSError as exc:  # a full disk: the images' own outcome is what matters
+            log.error("%s: cannot write the participant report of sub-%s (%s)", output_dir, subject,
+                      exc.strerror or exc)
+
+
 def _summarise(outcomes) -> int:
+    """0; 65 when every failed image failed with bad input data; 1 when any failed for another reason."""
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     log.info("participant level: %(done)d done, %(skipped)d already complete, %(failed)d failed", counts)
-    for o in outcomes:
-        if o.status == "failed":
-            log.error("failed: %s: %s", o.source, o.message)
-    return 1 if counts["failed"] else 0
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        log.error("failed: %s: %s", o.source, o.message)
+    if not failed:
+        return 0
+    return InputError.exit_code if all(o.exit_code == InputError.exit_code for o in failed) else SOME_IMAGE_FAILED
+
+
+def _refuse_inside_raw(output_dir: Path, bids_dir: Path) -> None:
+    """An output folder inside the raw dataset belongs under derivatives/ (the validator skips only that)."""
+    rel = _inside(output_dir, bids_dir)
+    if rel is None:
+        return
+    parts = rel.split("/")
+    if len(parts) < 2 or parts[0] != "derivatives":
+        raise UsageError(f"{output_dir}: the output folder is inside the input dataset {bids_dir} but not under "
+                         f"its derivatives/ folder, where the BIDS validator would report it as part of the "
+                         f"raw data; use {bids_dir / 'derivatives' / 'totalspineseg'}")
 
 
 def _status(output_dir: Path, job) -> str:
@@ -105,29 +139,8 @@ def _make_output_dir(output_dir: Path) -> None:
         raise CannotCreate(f"{output_dir}: cannot create the output folder ({exc.strerror})") from None
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise CannotCreate(f"{output_dir}: the output folder is not writable (run the container with -u $(id -u))")
-
-
-def _writable(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            return True
-    except OSError:
-        return False
-
-
-def _scratch_dir(work_dir: Path | None, output_dir: Path) -> Path:
-    """A writable scratch folder; matplotlib's cache goes there when MPLCONFIGDIR is unusable.
-
-    In a container with a read-only root, no writable HOME and no /tmp mount, the output folder is the only
-    writable place, hence the last fallback.
-    """
-    candidates = [work_dir] if work_dir else [
-        Path(os.environ.get("TMPDIR") or "/tmp") / f"totalspineseg-{os.getuid()}", output_dir / ".work"]
-    scratch = next((Path(c) for c in candidates if _writable(Path(c))), None)
-    if scratch is None:
-        raise CannotCreate(f"no writable scratch folder ({', '.join(map(str, candidates))}); pass -w DIR")
-    mpl = os.environ.get("MPLCONFIGDIR")
-    if not mpl or not _writable(Path(mpl)):
-        os.environ["MPLCONFIGDIR"] = str(scratch / "matplotlib")
-    return scratch
+    try:  # access() does not see every refusal (root on a read-only mount, NFS root squashing, a full disk)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as exc:
+        raise CannotCreate(f"{output_dir}: the output folder is not writable ({exc.strerror})") from None

@@ -3,7 +3,9 @@
 A provider is a small picklable object (it crosses into worker processes) with a `release` name, used in
 the completion fingerprint, and a call `provider(source_path) -> pipeline.Models`. The default one resolves
 the weights when it is built, so that missing weights stop the run before any work, and loads the networks
-once per process on first use. Tests pass their own provider (networks that answer with the ground truth).
+once per process on first use; networks that do not load fail every image of that process with the same
+one-line `WeightsError`, without a new attempt per image. Tests pass their own provider (networks that answer
+with the ground truth).
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .. import weights
+from ..console import describe_exception
+from ..errors import TotalSpineSegError, WeightsError
 from ..pipeline import Models
+from ..runtime import resolve_precision
 
 
 @runtime_checkable
@@ -20,25 +25,38 @@ class ModelProvider(Protocol):
     """What a run needs to get its networks: a release name and `provider(source) -> Models`."""
 
     release: str
+    precision: str  # of the forward passes, as resolved (part of the completion fingerprint)
 
     def __call__(self, source: Path) -> Models: ...
 
 
 class WeightsProvider:
     def __init__(self, name: str, device: str = "auto", threads: int | None = None, step1_only: bool = False,
-                 data_dir: str | Path | None = None):
+                 data_dir: str | Path | None = None, precision: str = "auto"):
         self.paths = weights.resolve_model(name, data_dir)  # raises WeightsError with the install command
         self.release = self.paths.release
+        self.precision = resolve_precision(precision, _device_type(device))
         self.device, self.threads, self.step1_only = device, threads, step1_only
         self._models: Models | None = None
+        self._failure: TotalSpineSegError | None = None
 
     def __call__(self, source: Path) -> Models:
+        if self._failure is not None:
+            raise self._failure.with_traceback(None)
         if self._models is None:
-            self._models = Models.load(self.paths, self.device, self.threads, self.step1_only)
+            try:
+                self._models = Models.load(self.paths, self.device, self.threads, self.step1_only, self.precision)
+            except TotalSpineSegError as exc:
+                self._failure = exc
+                raise
+            except Exception as exc:  # noqa: BLE001 - torch and nnU-Net raise anything on a damaged checkpoint
+                self._failure = WeightsError(f"{self.paths.root}: the networks of {self.release} do not load "
+                                             f"({describe_exception(exc)})")
+                raise self._failure from exc
         return self._models
 
     def __getstate__(self):
-        return {**self.__dict__, "_models": None}  # each process loads its own copy
+        return {**self.__dict__, "_models": None, "_failure": None}  # each process loads its own copy
 
 
 class FixedProvider:
@@ -47,6 +65,7 @@ class FixedProvider:
     def __init__(self, models: Models):
         self.models = models
         self.release = models.release
+        self.precision = models.precision
 
     def __call__(self, source: Path) -> Models:
         return self.models
@@ -57,3 +76,12 @@ ModelSource = Models | ModelProvider
 
 def as_provider(models: ModelSource) -> ModelProvider:
     return FixedProvider(models) if isinstance(models, Models) else models
+
+
+def _device_type(device: str) -> str:
+    """"cpu" or "cuda", as `predictor.resolve_device` will settle it (torch is imported only for "auto")."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"

@@ -1,19 +1,21 @@
 """Write one segmented image's derivatives: NIfTI files and sidecars, statistics, QC figure.
 
-Every file is written atomically; the caller gets the list of what was written, so that a failure halfway
-can remove exactly those files.
+Every file is staged in the caller's `fsutil.StagedWrites` (a hidden temporary name beside its final one);
+nothing becomes visible until the caller commits the whole set, so a failure halfway leaves the previous
+outputs of the image exactly as they were.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__, volume
-from ..fsutil import atomic_write
+from ..fsutil import StagedWrites
 from ..pipeline import Outputs, SegmentationResult
 from . import derivatives as D
 from . import qc
@@ -33,9 +35,14 @@ STATS_COLUMNS = {
 }
 
 
-def provenance(release: str, sha256: dict, device: str) -> dict:
+def json_text(obj) -> str:
+    """A JSON file's text, formatted exactly like `derivatives.write_json`."""
+    return json.dumps(obj, indent=2) + "\n"
+
+
+def provenance(release: str, sha256: dict, device: str, precision: str = "fp32") -> dict:
     return {"SoftwareName": D.APP_NAME, "SoftwareVersion": __version__, "ModelRelease": release,
-            "ModelChecksums": {k: v for k, v in sha256.items() if v}, "Device": device}
+            "ModelChecksums": {k: v for k, v in sha256.items() if v}, "Device": device, "Precision": precision}
 
 
 def _localizer_meta(job: Job) -> dict:
@@ -64,8 +71,8 @@ def localizer_output_kind(step1_only: bool) -> str:
 
 
 def write_images(out_dir: Path, job: Job, result: SegmentationResult, source: volume.Volume, step1_only: bool,
-                 iso: bool, prov: dict, written: list[Path]) -> None:
-    """The NIfTI derivatives and their sidecars; appends every written path to `written`."""
+                 iso: bool, prov: dict, staged: StagedWrites) -> None:
+    """The NIfTI derivatives and their sidecars, staged in `staged`."""
     extra_all = _localizer_meta(job)
     for out in D.planned_outputs(job.entities, step1_only, iso):
         grid: Outputs = result.native if out.grid == "native" else result.iso
@@ -74,15 +81,13 @@ def write_images(out_dir: Path, job: Job, result: SegmentationResult, source: vo
             continue
         is_labels = out.kind in _LABEL_KINDS
         header = source.header if out.grid == "native" else None
-        path = out_dir / out.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        written.append(volume.save_nifti(path, array, grid.grid.affine,
-                                         dtype=np.uint8 if is_labels else np.float32, header=header))
+        volume.save_nifti(out_dir / out.path, array, grid.grid.affine,
+                          dtype=np.uint8 if is_labels else np.float32, header=header, staged=staged)
         extra = dict(extra_all)
         if out.kind == "levels":
             extra["LevelCoordinates"] = D.level_coordinates(_level_rows(result, out.grid))
         meta = D.sidecar(out, _sources(job, out.kind, step1_only), prov, extra)
-        written.append(D.write_json(out_dir / out.sidecar, meta))
+        staged.write(out_dir / out.sidecar, json_text(meta))
 
 
 def final_labels(grid: Outputs, step1_only: bool) -> np.ndarray:
@@ -90,35 +95,38 @@ def final_labels(grid: Outputs, step1_only: bool) -> np.ndarray:
 
 
 def write_stats(out_dir: Path, job: Job, result: SegmentationResult, step1_only: bool,
-                written: list[Path]) -> qc.ImageQC:
-    """The per-structure statistics TSV and its sidecar (QC flags included)."""
+                staged: StagedWrites) -> qc.ImageQC:
+    """The per-structure statistics TSV and its sidecar (QC flags included), staged in `staged`."""
     native = result.final
     assessed = qc.assess(final_labels(native, step1_only), native.grid.affine, result.warnings, step1_only,
                          flags_on=(final_labels(result.iso, step1_only), result.iso.grid.affine))
     path = out_dir / D.stats_path(job.entities)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written.append(atomic_write(path, qc.stats_table(assessed)))
+    staged.write(path, qc.stats_table(assessed))
     meta = {**STATS_COLUMNS, "Sources": [D.bids_uri(job.source)], "QC": assessed.summary()}
-    written.append(D.write_json(path.with_suffix(".json"), meta))
+    staged.write(path.with_suffix(".json"), json_text(meta))
     return assessed
 
 
 def write_figure(out_dir: Path, job: Job, result: SegmentationResult, step1_only: bool,
-                 written: list[Path]) -> str | None:
-    """The QC JPEG (drawn on the 1 mm grid); a drawing problem is logged, never fatal."""
+                 staged: StagedWrites) -> str | None:
+    """The QC JPEG (drawn on the 1 mm grid), staged in `staged`.
+
+    A drawing problem is logged, never fatal (a figure must not cost the segmentation); a failure to write
+    it (a full disk) is fatal like any other write, since the rest of the set would not fit either.
+    """
     try:
-        from ..preview import render_preview
+        from ..preview import render_preview_bytes
     except ImportError:  # pragma: no cover - preview is part of the package
         log.info("no preview module; QC figure skipped")
         return None
     rel = D.figure_path(job.entities)
     iso = result.iso
-    (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
     try:
-        render_preview(result.iso_image, final_labels(iso, step1_only), iso.grid.affine, out_dir / rel,
-                       title=f"{job.image_id} ({Path(job.source).name})", levels=iso.levels, width_px=1200)
+        data = render_preview_bytes(result.iso_image, final_labels(iso, step1_only), iso.grid.affine,
+                                    fmt="jpeg", title=f"{job.image_id} ({Path(job.source).name})",
+                                    levels=iso.levels, width_px=1200)
     except Exception as exc:  # noqa: BLE001 - a figure must not cost the segmentation
         log.warning("%s: QC figure failed: %s", job.source, exc)
         return None
-    written.append(out_dir / rel)
+    staged.write(out_dir / rel, data)
     return rel.as_posix()

@@ -1,13 +1,19 @@
 """The participant level: run the planned jobs, resumably, and record each one's outcome.
 
 Per image: skip it when its completion marker says it is done (same options, every output present); else
-remove the old marker, segment (localizer first), write the derivatives, and write the marker last. A
-killed run therefore leaves no marker and the image is redone. A failure removes what that image wrote and
-leaves a crash file under ``sub-<label>/log/``; the other images go on.
+load what the job needs (its localizer's labels, the image, the networks), segment, and stage every
+derivative under a hidden temporary name (`fsutil.StagedWrites`). Only when the whole set is staged: the
+old marker goes, the set is renamed into place, files of the previous set that the new one lacks are
+removed, and the new marker is written last. So a failure before that point (bad input, networks that do
+not load, a full disk, an exception while writing) leaves the previous complete set and its marker exactly
+as they were and no temporary file; a killed run leaves at worst a set without a marker, which the next run
+redoes, and temporary files that the next run sweeps. A failure leaves a crash file under
+``sub-<label>/log/``; the other images go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,9 +26,9 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from .. import __version__, volume
-from ..console import setup_logging
-from ..errors import JobError
-from ..fsutil import atomic_write
+from ..console import describe_exception, setup_logging
+from ..errors import SOME_IMAGE_FAILED, CannotCreate, JobError, TotalSpineSegError
+from ..fsutil import StagedWrites, atomic_write
 from ..pipeline import PipelineOptions, SegmentationResult, segment
 from . import derivatives as D
 from . import outputs
@@ -48,7 +54,8 @@ class RunContext:
     @property
     def fingerprint(self) -> dict:
         """What must match for an earlier output to count as done."""
-        return {"step1": self.step1_only, "iso": self.iso, "weights": self.provider.release}
+        return {"step1": self.step1_only, "iso": self.iso, "weights": self.provider.release,
+                "precision": getattr(self.provider, "precision", "fp32")}
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class JobOutcome:
     status: str  # "done", "skipped" or "failed"
     message: str = ""
     seconds: float = 0.0
+    exit_code: int = 0  # of a failure: its error class's code (65: bad input data), else 1
 
 
 # --- markers and crash files -------------------------------------------------------------------------
@@ -99,15 +107,8 @@ def write_crash(output_dir: Path, job: Job, exc: BaseException | str) -> Path:
 
 def _remove(paths) -> None:
     for p in paths:
-        Path(p).unlink(missing_ok=True)
-
-
-def _forget_previous(ctx: RunContext, job: Job) -> None:
-    """Before redoing an image: its marker goes first, then the files that marker listed."""
-    record = read_marker(ctx.output_dir, job)
-    marker_path(ctx.output_dir, job).unlink(missing_ok=True)
-    if record:
-        _remove(ctx.output_dir / rel for rel in record.outputs)
+        with contextlib.suppress(OSError):
+            Path(p).unlink(missing_ok=True)
 
 
 # --- one image ---------------------------------------------------------------------------------------
@@ -126,22 +127,61 @@ def _localizer_labels(ctx: RunContext, job: Job, cache: dict) -> volume.Volume |
     return cache[loc.source]
 
 
-def _segment_and_write(ctx: RunContext, job: Job, cache: dict, written: list[Path]) -> ImageRecord:
+def _segment(ctx: RunContext, job: Job, cache: dict):
+    """Everything that may fail on the input or the networks, before any output is touched."""
     if job.error:
         raise JobError(job.error)
     localizer = _localizer_labels(ctx, job, cache)
-    t0 = time.perf_counter()
     source = volume.load_volume(ctx.bids_dir / job.source)
     models = ctx.provider(ctx.bids_dir / job.source)
     result = segment(source, models, localizer=localizer, options=PipelineOptions(step1_only=ctx.step1_only))
-    prov = outputs.provenance(result.release, models.sha256, result.device)
-    outputs.write_images(ctx.output_dir, job, result, source, ctx.step1_only, ctx.iso, prov, written)
-    assessed = outputs.write_stats(ctx.output_dir, job, result, ctx.step1_only, written)
-    figure = outputs.write_figure(ctx.output_dir, job, result, ctx.step1_only, written)
+    return source, models, result
+
+
+def output_dir_present(output_dir: Path) -> bool:
+    """The output folder is still there, with the dataset_description.json the run wrote first.
+
+    Staging creates missing folders, so a folder deleted during a run would otherwise be silently remade,
+    holding some images and no dataset files.
+    """
+    return (output_dir / "dataset_description.json").is_file()
+
+
+def _check_output_dir(ctx: RunContext) -> None:
+    if not output_dir_present(ctx.output_dir):
+        raise CannotCreate(f"{ctx.output_dir}: the output folder (or its dataset_description.json) has "
+                           f"disappeared during the run")
+
+
+def _segment_and_write(ctx: RunContext, job: Job, cache: dict, committed: list[Path]) -> ImageRecord:
+    t0 = time.perf_counter()
+    source, models, result = _segment(ctx, job, cache)
+    prov = outputs.provenance(result.release, models.sha256, result.device, result.precision)
+    _check_output_dir(ctx)
+    try:
+        with StagedWrites() as staged:
+            outputs.write_images(ctx.output_dir, job, result, source, ctx.step1_only, ctx.iso, prov, staged)
+            assessed = outputs.write_stats(ctx.output_dir, job, result, ctx.step1_only, staged)
+            figure = outputs.write_figure(ctx.output_dir, job, result, ctx.step1_only, staged)
+            new = [Path(p) for p in staged.finals]
+            record = _record(ctx, job, result, prov, assessed, figure, new, time.perf_counter() - t0)
+            _check_output_dir(ctx)
+            previous = read_marker(ctx.output_dir, job)
+            # The set is complete on disk under temporary names: from here on the old set is replaced.
+            marker_path(ctx.output_dir, job).unlink(missing_ok=True)
+            committed.extend(new)
+            staged.commit()
+        if previous is not None:
+            keep = set(record.outputs)
+            _remove(ctx.output_dir / rel for rel in previous.outputs if rel not in keep)
+        D.write_json(marker_path(ctx.output_dir, job), record.to_json())  # last: it declares the image complete
+    except OSError as exc:
+        where = exc.filename if exc.filename and not Path(exc.filename).name.startswith(".") else ctx.output_dir
+        raise CannotCreate(f"{where}: cannot write the outputs of this image ({exc.strerror or exc})") from exc
     if job.role == "localizer":
         final = outputs.final_labels(result.final, ctx.step1_only)
         cache[job.source] = volume.Volume(final, result.final.grid.affine)
-    return _record(ctx, job, result, prov, assessed, figure, written, time.perf_counter() - t0)
+    return record
 
 
 def _record(ctx: RunContext, job: Job, result: SegmentationResult, prov: dict, assessed: ImageQC,
@@ -157,24 +197,42 @@ def _record(ctx: RunContext, job: Job, result: SegmentationResult, prov: dict, a
     )
 
 
+def _failure_code(exc: BaseException, job: Job, cache: dict) -> int:
+    """The exit code a failure counts as; an image that failed because its localizer did inherits its code."""
+    if isinstance(exc, JobError) and job.localizer is not None and (_FAILED, job.localizer.source) in cache:
+        return cache[_FAILED, job.localizer.source]
+    return exc.exit_code if isinstance(exc, TotalSpineSegError) else SOME_IMAGE_FAILED
+
+
+_FAILED = "failed"  # cache key prefix: (_FAILED, source) -> the exit code of that job's failure
+
+
+def _crash(ctx: RunContext, job: Job, exc: Exception) -> str:
+    """Write the crash file; where it cannot be written (a full disk, a vanished folder), say so instead."""
+    if not output_dir_present(ctx.output_dir):
+        return "no crash file: the output folder has disappeared"
+    try:
+        return f"details: {write_crash(ctx.output_dir, job, str(exc) if isinstance(exc, JobError) else exc)}"
+    except OSError as err:
+        return f"no crash file: {err.strerror or err}"
+
+
 def run_job(ctx: RunContext, job: Job, cache: dict) -> JobOutcome:
     if not ctx.overwrite and not job.error and is_complete(ctx, job):
         log.info("%s: already complete, skipped", job.source)
         return JobOutcome(job.source, "skipped")
     t0 = time.perf_counter()
-    _forget_previous(ctx, job)
-    written: list[Path] = []
+    committed: list[Path] = []  # the new set, once renamed into place (removed if the marker cannot follow)
     try:
-        record = _segment_and_write(ctx, job, cache, written)
-        D.write_json(marker_path(ctx.output_dir, job), record.to_json())  # last: it declares the image complete
+        _segment_and_write(ctx, job, cache, committed)
     except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the others
-        _remove(written)
-        crash = write_crash(ctx.output_dir, job, str(exc) if isinstance(exc, JobError) else exc)
-        log.error("%s: failed: %s (details: %s)", job.source, exc, crash)
-        return JobOutcome(job.source, "failed", str(exc), time.perf_counter() - t0)
-    except BaseException:
-        _remove(written)
-        raise
+        if not marker_path(ctx.output_dir, job).exists():
+            _remove(committed)
+        code = _failure_code(exc, job, cache)
+        cache[_FAILED, job.source] = code
+        message = str(exc) if isinstance(exc, TotalSpineSegError) else describe_exception(exc)
+        log.error("%s: failed: %s (%s)", job.source, message, _crash(ctx, job, exc))
+        return JobOutcome(job.source, "failed", message, time.perf_counter() - t0, code)
     for old in crash_files(ctx.output_dir, job):
         old.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0

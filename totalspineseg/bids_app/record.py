@@ -22,7 +22,7 @@ class ImageRecord:
     image_id: str
     subject: str
     role: str  # "main" or "localizer"
-    fingerprint: str  # what made the outputs (options, weights, version): a change redoes the image
+    fingerprint: dict[str, Any] | str  # what made the outputs (options, weights): a change redoes the image
     stats: str  # the statistics TSV, relative to output_dir
     session: str | None = None
     localizer: str | None = None  # source of the localizer that numbered this image

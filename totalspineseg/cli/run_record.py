@@ -25,7 +25,8 @@ RECORD_FOLDER = "logs"
 # option key -> how the user spells it, for "redoing: --loc changed"
 OPTION_NAMES = {
     "step1": "--step1", "iso": "--iso", "localizer": "--loc", "folders": "--keep-only/--keep-intermediate",
-    "disc_completion": "--no-disc-completion", "weights": "--weights", "version": "the totalspineseg version",
+    "disc_completion": "--no-disc-completion", "weights": "--weights", "precision": "--precision",
+    "version": "the totalspineseg version",
 }
 
 
@@ -42,12 +43,13 @@ def _file_identity(path: Path | None) -> str | None:
 
 
 def image_options(args: Any, folders: tuple[str, ...], localizer: Path | None, release: str,
-                  sha256: dict[str, str]) -> dict[str, Any]:
+                  sha256: dict[str, str], precision: str = "fp32") -> dict[str, Any]:
     """The options that change what is written for one image."""
     return {
         "step1": bool(args.step1), "iso": bool(args.iso), "localizer": _file_identity(localizer),
         "folders": sorted(folders), "disc_completion": not args.no_disc_completion,
-        "weights": {"release": release, "sha256": dict(sorted(sha256.items()))}, "version": __version__,
+        "weights": {"release": release, "sha256": dict(sorted(sha256.items()))}, "precision": precision,
+        "version": __version__,
     }
 
 

@@ -14,9 +14,10 @@ import numpy as np
 
 from .. import __version__, volume
 from ..console import ArgumentParser, add_logging_options, describe_exception, run_command
-from ..errors import SOME_IMAGE_FAILED, CannotCreate, InputError, TotalSpineSegError
+from ..errors import SOME_IMAGE_FAILED, CannotCreate, InputError, MissingInput, TotalSpineSegError
 from ..fsutil import StagedWrites, sweep_stale_temps, temp_name_for
 from ..pipeline import Models, PipelineOptions, SegmentationResult, segment
+from ..runtime import PRECISIONS
 from ..scratch import prepare_scratch
 from .run_record import RunRecord, image_options, read_record, record_path, why_redo, write_record
 
@@ -85,6 +86,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", "-d", type=Path,
                    help="weights root (default: $TOTALSPINESEG_DATA, then the user cache)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="of the network forward passes: auto (default) = bf16 on a CPU with native bf16 (AMX or "
+                        "AVX512-BF16), fp16 on CUDA (nnU-Net's autocast), else fp32")
     p.add_argument("--max-workers", "-w", type=int, default=None, metavar="N",
                    help="CPU threads for the networks (default: SLURM/OMP settings, else all allowed CPUs)."
                         " Images run one after the other in one process: no worker pools")
@@ -119,7 +123,7 @@ def find_inputs(input_path: Path, suffixes: list[str]) -> list[Path]:
     if input_path.is_file():
         return [input_path]
     if not input_path.is_dir():
-        raise InputError(input_path, "no such file or folder")
+        raise MissingInput(f"{input_path}: no such file or folder")
     found: dict[Path, None] = {}
     for sub in ("", "sub-*/anat/", "sub-*/ses-*/anat/"):
         for s in suffixes:
@@ -247,7 +251,10 @@ def load_models(args):
     paths = weights.resolve_model(args.weights, data_dir=args.data_dir)
     if paths.release == "demo":
         log.warning("using the DEMO model: trained on synthetic phantoms only, not for real scans")
-    return Models.load(paths, device=args.device, threads=args.max_workers, step1_only=args.step1)
+    models = Models.load(paths, device=args.device, threads=args.max_workers, step1_only=args.step1,
+                         precision=args.precision)
+    log.info("networks: %s on %s, %s", paths.release, models.device, models.precision)
+    return models
 
 
 def process_all(args: argparse.Namespace, models: Models | None = None) -> int:
@@ -269,7 +276,7 @@ def process_all(args: argparse.Namespace, models: Models | None = None) -> int:
             loc = find_localizer(args.loc, name, args.suffix, args.loc_suffix)
             if args.loc is not None and loc is None:
                 log.warning("%s: no localizer matches this image; numbering uses its own landmarks", path)
-            wanted = image_options(args, plan.folders, loc, models.release, models.sha256)
+            wanted = image_options(args, plan.folders, loc, models.release, models.sha256, models.precision)
             reason = None if args.overwrite else why_redo(args.output, name, wanted, expected_outputs(
                 args.output, name, plan))
             if not args.overwrite and reason is None:
@@ -314,7 +321,7 @@ def _process_one(path: Path, name: str, loc: Path | None, models: Models, option
     record = RunRecord(wanted, tuple(p.relative_to(args.output).as_posix() for p in new))
     timings = {k: round(v, 3) for k, v in result.timings.items()}
     write_record(args.output, name, record, {"source": str(path), "warnings": result.warnings, "timings": timings,
-                                             "device": result.device})
+                                             "device": result.device, "precision": result.precision})
     log.info("%s done in %.1f s (%s)", path.name, time.perf_counter() - t0,
              ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
 

@@ -252,6 +252,14 @@ def _missing_message(release: str, roots: list[tuple[str, Path]], data_dir: str 
         command += f" --release {release}"
     if data_dir:
         command += f" --data-dir {shlex.quote(str(data_dir))}"
+    if os.environ.get("TOTALSPINESEG_CONTAINER_TYPE"):  # a read-only image: installing there cannot work
+        return (
+            f"no TotalSpineSeg weights (release {release}) in this container ({places}); rebuild the image with "
+            f"the weights baked in (see 'Containers' in the README), or mount a weights folder and point "
+            f"{ENV_VAR} at it (docker run -v /path/to/weights:/weights:ro -e {ENV_VAR}=/weights ...; "
+            f"apptainer run --bind /path/to/weights:/weights --env {ENV_VAR}=/weights ...), "
+            f"or use --weights demo to try the tool"
+        )
     return (
         f"no TotalSpineSeg weights (release {release}) found in {places}; "
         f"install them with: {command} (offline: add --from ZIP|DIR)"

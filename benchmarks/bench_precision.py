@@ -1,0 +1,140 @@
+"""bf16 (or fp16) autocast against fp32, on the same loaded networks: agreement and speed.
+
+For every held-out phantom of the demo recipe (its localizer first where it needs one) and every real scan in
+../shared/data/real, the pipeline runs once per precision; reported per image:
+
+* same numbering: the same set of labels in the final segmentation;
+* the lowest Dice over the structures (per label, fp32 as the reference; target >= 0.99);
+* the step-2 crop box: largest shift of its corner or size, in voxels (target <= 1);
+* the time of the two forward passes in each precision.
+
+    .venv/bin/python benchmarks/bench_precision.py [--weights demo] [--precision bf16] [--no-real] [--json FILE]
+
+Prints a Markdown table for benchmarks/RESULTS.md. `--precision auto` may pick a precision only if every row
+passes (see totalspineseg/runtime.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from totalspineseg import volume, weights  # noqa: E402
+from totalspineseg.errors import TotalSpineSegError  # noqa: E402
+from totalspineseg.pipeline import Models, PipelineOptions, segment  # noqa: E402
+from totalspineseg.runtime import cpu_has_native_bf16  # noqa: E402
+from totalspineseg.synth import phantom  # noqa: E402
+from totalspineseg.training import demo_recipe, metrics  # noqa: E402
+
+REAL = ROOT.parent / "shared" / "data" / "real"
+
+
+def set_precision(models: Models, precision: str) -> None:
+    for model in (models.step1, models.step2):
+        if model is not None:
+            model.precision = precision
+    models.precision = precision
+
+
+def run(models: Models, image: volume.Volume, localizer) -> tuple:
+    result = segment(image, models, localizer, PipelineOptions(progress=False))
+    forward = result.timings.get("step1_forward", 0.0) + result.timings.get("step2_forward", 0.0)
+    return result, forward
+
+
+def crop_shift(a, b) -> float:
+    if a.crop_grid is None or b.crop_grid is None:
+        return 0.0 if a.crop_grid is b.crop_grid else float("inf")
+    corner = np.abs(a.crop_grid.affine[:3, 3] - b.crop_grid.affine[:3, 3]).max()  # 1 mm voxels
+    size = np.abs(np.subtract(a.crop_grid.shape, b.crop_grid.shape)).max()
+    return float(max(corner, size))
+
+
+def compare(name: str, models: Models, image: volume.Volume, loc_image: volume.Volume | None, precision: str) -> dict:
+    row = {"image": name}
+    outputs = {}
+    for p in ("fp32", precision):
+        set_precision(models, p)
+        localizer = None
+        if loc_image is not None:
+            loc_result, _ = run(models, loc_image, None)
+            localizer = volume.Volume(loc_result.final.step2, loc_image.affine)
+        outputs[p] = run(models, image, localizer)
+    (ref, t_ref), (new, t_new) = outputs["fp32"], outputs[precision]
+    seg_ref, seg_new = ref.final.step2, new.final.step2
+    labels_ref, labels_new = metrics.present_labels(seg_ref), metrics.present_labels(seg_new)
+    dice = metrics.dice_per_label(seg_new, seg_ref, labels_ref)
+    worst = min(dice, key=dice.get) if dice else None
+    row.update(same_numbering=labels_ref == labels_new, min_dice=round(dice[worst], 4) if worst else 1.0,
+               worst_label=worst, crop_shift_voxels=crop_shift(ref, new), forward_fp32_s=round(t_ref, 2),
+               forward_s=round(t_new, 2))
+    row["passes"] = row["same_numbering"] and row["min_dice"] >= 0.99 and row["crop_shift_voxels"] <= 1
+    return row
+
+
+def cases(real: bool, fovs: list[str] | None):
+    for spec in demo_recipe.HELD_OUT:
+        if fovs and spec.fov not in fovs:
+            continue
+        ph = spec.render()
+        loc = None
+        if spec.fov in demo_recipe.NEEDS_LOCALIZER:
+            lz = phantom.make_localizer(spec.seed, spec.extra_lumbar, spec.missing_disc, contrast="T2w")
+            loc = volume.Volume(lz.image, lz.affine)
+        yield spec.name, volume.Volume(ph.image, ph.affine), loc
+    if real and REAL.is_dir():
+        from eval_demo import REAL_SCANS
+
+        for scan, _, _ in REAL_SCANS:
+            if (REAL / scan).is_file():
+                yield scan, volume.load_volume(REAL / scan), None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", default="demo")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16"])
+    p.add_argument("--no-real", action="store_true")
+    p.add_argument("--fov", nargs="+", help="only the held-out phantoms of these fields of view")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "_out" / "bench_precision.json")
+    args = p.parse_args()
+    models = Models.load(weights.resolve_model(args.weights), "cpu", args.threads, precision="fp32")
+    rows = []
+    for name, image, loc in cases(not args.no_real, args.fov):
+        try:
+            rows.append(compare(name, models, image, loc, args.precision))
+        except TotalSpineSegError as exc:
+            rows.append({"image": name, "error": str(exc), "passes": False})
+        print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2))
+    print(f"## {args.precision} against fp32, weights {args.weights} ({time.strftime('%Y-%m-%d')}, "
+          f"{platform.processor() or platform.machine()}, native bf16: {cpu_has_native_bf16()})\n")
+    print("| image | same numbering | lowest Dice (label) | crop box shift (voxels) | forward fp32 (s) | "
+          f"forward {args.precision} (s) | passes |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['image']} | error: {r['error']} | | | | | no |")
+            continue
+        print(f"| {r['image']} | {'yes' if r['same_numbering'] else 'NO'} | {r['min_dice']:.4f} ({r['worst_label']}) "
+              f"| {r['crop_shift_voxels']:g} | {r['forward_fp32_s']:.2f} | {r['forward_s']:.2f} | "
+              f"{'yes' if r['passes'] else 'NO'} |")
+    ok = [r for r in rows if "error" not in r]
+    t32, t16 = sum(r["forward_fp32_s"] for r in ok), sum(r["forward_s"] for r in ok)
+    print(f"\n{sum(r['passes'] for r in rows)}/{len(rows)} pass; forward passes in all: fp32 {t32:.1f} s, "
+          f"{args.precision} {t16:.1f} s ({t32 / max(t16, 1e-9):.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
