@@ -38,6 +38,14 @@ def test_the_first_writable_candidate_is_used_in_order(tmp_path, restore_tempdir
         assert Path(env[variable]).is_relative_to(chosen), variable
 
 
+def test_repeated_calls_reuse_the_folder_and_never_nest(tmp_path, restore_tempdir):
+    env = {"TMPDIR": str(tmp_path)}
+    first = scratch.prepare_scratch(environ=env)
+    for _ in range(3):  # an embedding program (or a test session) calls main() many times
+        assert scratch.prepare_scratch(environ=env) == first
+    assert env["TMPDIR"] == str(first / "tmp") and first == tmp_path / f"totalspineseg-{os.getuid()}"
+
+
 def test_usable_cache_settings_are_kept(tmp_path, restore_tempdir):
     env = {"MPLCONFIGDIR": str(tmp_path / "mine")}
     scratch.prepare_scratch(environ=env, places=[tmp_path / "s"])

@@ -19,6 +19,7 @@ from .errors import CannotCreate
 log = logging.getLogger(__name__)
 
 SYSTEM_TMP = Path("/tmp")
+CHOSEN = "TOTALSPINESEG_SCRATCH"  # set once chosen: later calls (and child processes) reuse it, never nest
 # variable -> folder below the scratch folder; each is set only when unset or not writable
 CACHE_VARIABLES = {
     "MPLCONFIGDIR": "matplotlib",
@@ -45,6 +46,8 @@ def candidates(work_dir: Path | None, output_dir: Path | None, environ: MutableM
     found: list[Path] = []
     if work_dir is not None:
         found.append(Path(work_dir))
+    elif environ.get(CHOSEN):
+        found.append(Path(environ[CHOSEN]))
     if environ.get("TMPDIR"):
         found.append(Path(environ["TMPDIR"]) / user)
     found.append(SYSTEM_TMP / user)
@@ -68,5 +71,6 @@ def prepare_scratch(work_dir: Path | None = None, output_dir: Path | None = None
         current = environ.get(variable)
         if not current or not writable(Path(current)):
             environ[variable] = str(scratch / sub)
+    environ[CHOSEN] = str(scratch)
     log.debug("scratch folder: %s", scratch)
     return scratch
