@@ -1,23 +1,24 @@
-# TotalSpineSeg BIDS-App. One file, two variants:
-#   docker build --build-arg VERSION=$(cat version) -t totalspineseg:$(cat version)-cpu .
-#   docker build --build-arg VERSION=$(cat version) --build-arg DEVICE=cuda -t totalspineseg:$(cat version)-cuda .
-# Official weights are downloaded and baked in at build time (WEIGHTS=official). Offline: put the release
-# zips in docker/weights/ and they are installed from there; WEIGHTS=none bakes nothing (demo model only).
-# Offline torch: put the wheel in docker/wheels/ (found before any index), or set TORCH_INDEX_URL.
-# Behind a TLS-intercepting proxy: put its CA bundle in docker/ and pass PIP_CA_BUNDLE=/tmp/build/docker/<file>.
+# TotalSpineSeg BIDS-App. One file, two variants; docker/build.sh drives it (see docker/README.md):
+#   docker/build.sh                      CPU image, official weights downloaded and baked in
+#   docker/build.sh --device cuda        CUDA image (run with --gpus all)
+#   docker/build.sh --help               offline inputs: base image, torch wheel, wheels, weights zips/folder
+# Plain docker build works too: docker build --build-arg VERSION=$(cat version) -t totalspineseg:$(cat version)-cpu .
+# Packages: requirements/lock-cpu.txt, every version exact, installed with --no-deps (nothing is resolved here).
 # Run: docker run --rm -u $(id -u):$(id -g) -v /data:/data:ro -v /out:/out IMAGE /data /out participant
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---- build stage: the Python environment and the weights, all under /opt --------------------------------
 FROM ${BASE_IMAGE} AS build
+# docker/build.sh removes this project's untagged images (the legacy builder's leftovers) by this label.
+LABEL io.github.totalspineseg.stage="build"
 
 ARG DEVICE=cpu
-ARG TORCH_CPU=2.13.0
 ARG TORCH_CUDA=2.14.1
 ARG TORCH_INDEX_URL=
 ARG WEIGHTS=official
 ARG WEIGHTS_RELEASE=
 ARG PIP_CA_BUNDLE=
+ARG PIP_OFFLINE=
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV VIRTUAL_ENV=/opt/venv \
@@ -31,40 +32,56 @@ RUN python3 -m venv /opt/venv
 COPY requirements/ /tmp/build/requirements/
 COPY docker/ /tmp/build/docker/
 
-# torch first, from the index that matches the variant; then the lean nnU-Net stack (no timm/torchvision).
+# Every package of the lock at its exact version, --no-deps (nothing is resolved), then pip check (the one
+# accepted gap: dynamic-network-architectures' timm, see requirements-nodeps.txt). torch: CPU, the lock's
+# build (a local wheel in docker/wheels/, else TORCH_INDEX_URL or the PyTorch CPU index); CUDA, TORCH_CUDA
+# from PyPI with its CUDA libraries, every shared dependency held at the lock's version.
+# PIP_OFFLINE=1: no index at all, every wheel from docker/wheels/ (docker/build.sh --wheels).
 RUN if [ -n "${PIP_CA_BUNDLE}" ]; then export PIP_CERT="${PIP_CA_BUNDLE}"; fi \
+    && if [ -n "${PIP_OFFLINE}" ]; then export PIP_NO_INDEX=1; fi \
+    && export PIP_FIND_LINKS=/tmp/build/docker/wheels \
+    && lock=/tmp/build/requirements/lock-cpu.txt \
+    && grep -v -E '^(#|torch==|$)' "${lock}" > /tmp/build/runtime.txt \
     && case "${DEVICE}" in \
-      cpu)  spec="torch==${TORCH_CPU}";  index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;; \
-      cuda) spec="torch==${TORCH_CUDA}"; index="${TORCH_INDEX_URL:-https://pypi.org/simple}" ;; \
+      cpu)  pip install --no-deps --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" \
+                --extra-index-url https://pypi.org/simple "$(grep -E '^torch==' "${lock}")" ;; \
+      cuda) pip install -c /tmp/build/runtime.txt --index-url "${TORCH_INDEX_URL:-https://pypi.org/simple}" \
+                "torch==${TORCH_CUDA}" ;; \
       *) echo "DEVICE must be cpu or cuda, not ${DEVICE}" >&2; exit 1 ;; \
     esac \
-    && pip install --find-links /tmp/build/docker/wheels --index-url "${index}" \
-         --extra-index-url https://pypi.org/simple "${spec}" \
-    && echo "${spec}" > /tmp/build/torch.txt \
-    && grep -v -e '^torch==' /tmp/build/requirements/requirements-cpu.txt > /tmp/build/runtime.txt \
-    && pip install --find-links /tmp/build/docker/wheels -c /tmp/build/torch.txt -r /tmp/build/runtime.txt \
-         bids-validator-deno \
-    && pip install --no-deps -r /tmp/build/requirements/requirements-nodeps.txt
+    && pip install --no-deps -r /tmp/build/runtime.txt \
+    && { pip check || true; } \
+       | { grep -v -e 'requires timm, which is not installed' -e '^No broken requirements' || true; } \
+       | { ! grep .; }
 
 COPY pyproject.toml version /tmp/build/src/
 COPY totalspineseg/ /tmp/build/src/totalspineseg/
-RUN pip install --no-deps --no-build-isolation /tmp/build/src
-
-# Zips in docker/weights/ win over a download; WEIGHTS=none installs nothing (the demo model is bundled).
-# hadolint ignore=SC2086
-RUN mkdir -p "${TOTALSPINESEG_DATA}" \
-    && release="${WEIGHTS_RELEASE:+--release ${WEIGHTS_RELEASE}}" \
-    && zips=(/tmp/build/docker/weights/*.zip) \
-    && if [ -e "${zips[0]}" ]; then from=$(printf -- '--from %s ' "${zips[@]}"); \
-       elif [ "${WEIGHTS}" = official ]; then from=""; else from=none; fi \
-    && if [ "${from}" != none ]; then \
-         totalspineseg-weights install -q ${release} ${from} && totalspineseg-weights verify ${release}; \
-       fi \
+# The package; the weights (docker/bake-weights.sh: installed from docker/weights/ or downloaded, then their
+# sizes and sha256 verified); then lean: no pip (setuptools stays: torch requires it), no test suites, no C++
+# headers or test binaries of torch (inference never compiles: nnUNet_compile=f; torch_shm_manager stays),
+# shared libraries stripped of their symbol tables where they still load (~190 MB; docker/strip-libs.sh, with
+# binutils from the base or from apt when the build has a network, in the build stage only).
+# One RUN: on the vfs storage driver every layer is a full copy of the file system.
+RUN pip install --no-deps --no-build-isolation /tmp/build/src \
+    && mkdir -p "${TOTALSPINESEG_DATA}" \
+    && bash /tmp/build/docker/bake-weights.sh "${WEIGHTS}" "${WEIGHTS_RELEASE}" /tmp/build/docker/weights \
     && rm -rf "${TOTALSPINESEG_DATA}/nnUNet/exports" \
+    && site=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+    && python -m pip uninstall -q -y pip \
+    && find "${site}" -type d -name tests -prune -exec rm -rf {} + \
+    && rm -rf "${site}/torch/include" "${site}/torch/test" "${site}/torch/share/cmake" \
+    && find "${site}/torch/bin" -type f ! -name torch_shm_manager -delete \
+    && if ! command -v strip > /dev/null; then \
+         { apt-get update -qq && apt-get install -y -qq --no-install-recommends binutils \
+           && rm -rf /var/lib/apt/lists/*; } || true; \
+       fi \
+    && bash /tmp/build/docker/strip-libs.sh /opt/venv /opt/venv/bin/python \
     && chmod -R a+rX /opt
 
 # ---- runtime stage: /opt from the build stage, nothing else -----------------------------------------------
+# Metadata first and /opt last: on the vfs storage driver every later step would copy /opt again.
 FROM ${BASE_IMAGE}
+LABEL io.github.totalspineseg.stage="runtime"
 
 ARG DEVICE=cpu
 ARG VERSION=unknown
@@ -87,12 +104,6 @@ ENV VIRTUAL_ENV=/opt/venv \
     TOTALSPINESEG_CONTAINER_TYPE=docker \
     TOTALSPINESEG_CONTAINER_TAG=totalspineseg:${VERSION}-${DEVICE}
 
-COPY --from=build /opt /opt
-COPY run.py /run.py
-COPY version /version
-RUN chmod a+rx /run.py && chmod a+r /version \
-    && useradd --no-create-home --home-dir /tmp --shell /usr/sbin/nologin --uid 1000 bidsapp
-
 LABEL org.opencontainers.image.title="totalspineseg" \
       org.opencontainers.image.description="BIDS-App: vertebrae, discs, spinal cord and canal segmentation in spine MRI (TotalSpineSeg, nnU-Net)" \
       org.opencontainers.image.version="${VERSION}" \
@@ -100,6 +111,10 @@ LABEL org.opencontainers.image.title="totalspineseg" \
       org.opencontainers.image.url="https://github.com/neuropoly/totalspineseg" \
       io.github.totalspineseg.device="${DEVICE}"
 
-USER 1000:1000
 WORKDIR /tmp
 ENTRYPOINT ["/run.py"]
+COPY run.py version /
+RUN chmod a+rx /run.py && chmod a+r /version \
+    && useradd --no-create-home --home-dir /tmp --shell /usr/sbin/nologin --uid 1000 bidsapp
+COPY --from=build /opt /opt
+USER 1000:1000

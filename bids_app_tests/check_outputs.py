@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Check a BIDS-App output folder: its file list, its group table, and (optionally) the BIDS validator.
 
-    check_outputs.py OUT [--expected-list FILE] [--expected-tsv FILE --rtol 0.2] [--validator EXE]
+    check_outputs.py OUT [--expected-list FILE] [--expected-tsv FILE --rtol 0.2] [--validator EXE [--scratch DIR]]
+                         [--lock FILE]
 
+--lock: also check that the Python environment running this script holds exactly the packages of FILE
+(requirements/lock-cpu.txt; the totalspineseg package itself aside); run inside the image, it checks the image.
 Exit 0 when every requested check passes; every failure is printed.
 """
 
@@ -11,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,13 +49,39 @@ def check_tsv(out: Path, expected: Path, rtol: float, columns=NUMERIC) -> list[s
     return problems
 
 
-def check_validator(out: Path, exe: str) -> list[str]:
-    proc = subprocess.run([exe, str(out), "--json"], capture_output=True, text=True, check=False)
+def check_validator(out: Path, exe: str, scratch: Path | None = None) -> list[str]:
+    env = dict(os.environ)
+    if scratch is not None:  # a read-only container: deno's cache and temp files go there
+        env.update(DENO_DIR=str(scratch / "deno"), TMPDIR=str(scratch))
+    proc = subprocess.run([exe, str(out), "--json"], capture_output=True, text=True, check=False, env=env)
     try:
         issues = json.loads(proc.stdout)["issues"]["issues"]
     except (json.JSONDecodeError, KeyError):
         return [f"{exe} failed: {proc.stderr.strip()[-500:]}"]
     return [f"validator: {i['code']} {i.get('location', '')}" for i in issues if i["severity"] == "error"]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def check_lock(lock: Path, ignore=("totalspineseg",)) -> list[str]:
+    """The installed distributions of this interpreter against the exact pins of a lock file."""
+    from importlib.metadata import distributions
+
+    want = {}
+    for line in lock.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.split("#")[0].strip().partition("==")
+            want[_canonical(name)] = version
+    have = {_canonical(d.metadata["Name"]): d.version for d in distributions()}
+    for name in ignore:
+        have.pop(name, None)
+    problems = [f"lock: {n}=={v} is not installed" for n, v in sorted(want.items()) if n not in have]
+    problems += [f"lock: {n} {have[n]} installed, the lock says {v}" for n, v in sorted(want.items())
+                 if n in have and have[n] != v]
+    problems += [f"lock: {n}=={v} installed but not in the lock" for n, v in sorted(have.items()) if n not in want]
+    return problems
 
 
 def main(argv=None) -> int:
@@ -60,14 +91,26 @@ def main(argv=None) -> int:
     p.add_argument("--expected-tsv", type=Path, help="compare group_spine.tsv with this table")
     p.add_argument("--rtol", type=float, default=0.2, help="relative tolerance of the table check (default 0.2)")
     p.add_argument("--validator", help="a BIDS validator executable (e.g. bids-validator-deno)")
+    p.add_argument("--scratch", type=Path, help="a writable folder for the validator's cache (read-only containers)")
+    p.add_argument("--lock", type=Path, help="check the installed packages against this lock file")
     args = p.parse_args(argv)
-    problems = check_list(args.out, args.expected_list)
+    checks = [(f"file list: {len(args.expected_list.read_text().split())} files, as {args.expected_list.name}",
+               lambda: check_list(args.out, args.expected_list))]
     if args.expected_tsv:
-        problems += check_tsv(args.out, args.expected_tsv, args.rtol)
+        checks.append((f"group_spine.tsv: within {args.rtol:.0%} of {args.expected_tsv.name}",
+                       lambda: check_tsv(args.out, args.expected_tsv, args.rtol)))
     if args.validator:
-        problems += check_validator(args.out, args.validator)
-    for line in problems:
-        print(line)
+        checks.append((f"BIDS validator ({Path(args.validator).name}): no errors",
+                       lambda: check_validator(args.out, args.validator, args.scratch)))
+    if args.lock:
+        checks.append((f"installed packages: exactly {args.lock.name}", lambda: check_lock(args.lock)))
+    problems = []
+    for title, check in checks:
+        found = check()
+        print(f"{'ok  ' if not found else 'FAIL'} {title}")
+        for line in found:
+            print(f"     {line}")
+        problems += found
     print(f"{args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return 1 if problems else 0
 
