@@ -583,7 +583,8 @@ def test_the_container_test_runs_the_locked_down_user_story(tmp_path):
     app_runs = [r for r in runs if "participant" in r or "group" in r]
     assert [r[r.index("participant") + 2] for r in app_runs if "participant" in r] == ["01", "02"]
     assert app_runs[-1][-1] == "group"
-    assert all(f"{tmp_path}/work/ds:/data:ro" in r and "--weights" in r or "group" in r for r in app_runs)
+    dataset_mount = str(tmp_path / "work" / "ds") + ":/data:ro"
+    assert all(dataset_mount in r and "--weights" in r or "group" in r for r in app_runs)
     checks = runs[-1]
     assert "check_outputs.py" in " ".join(checks) and "--lock" in checks and "--validator" in checks
     expected = checks[checks.index("--expected-tsv") + 1]

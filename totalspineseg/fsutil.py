@@ -122,6 +122,21 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
         tmp.unlink(missing_ok=True)
 
 
+def folder_write_problem(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be created in `folder` (made if missing), or None when they can.
+
+    A file is really created: `os.access` misses root on a read-only mount, NFS root squashing, a full disk.
+    """
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe = temp_name_for(Path(folder) / "probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes, mode: int | None = None) -> Path:
     """Write text (UTF-8) or bytes to `path` atomically; returns the path."""
     path = Path(path)

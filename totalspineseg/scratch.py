@@ -15,6 +15,7 @@ from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 
 from .errors import CannotCreate
+from .fsutil import folder_write_problem
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,7 @@ CACHE_VARIABLES = {
 
 def writable(path: Path) -> bool:
     """`path` exists or can be made, and a file can be created in it."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            return True
-    except OSError:
-        return False
+    return folder_write_problem(path) is None
 
 
 def candidates(work_dir: Path | None, output_dir: Path | None, environ: MutableMapping[str, str]) -> list[Path]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from ..console import run_command
 from ..errors import SOME_IMAGE_FAILED, CannotCreate, InputError, MissingInput, UnknownLevel, UsageError
-from ..fsutil import sweep_stale_temps
+from ..fsutil import folder_write_problem, sweep_stale_temps
 from ..runtime import resolve_threads
 from ..scratch import prepare_scratch
 from . import derivatives as D
@@ -139,8 +138,6 @@ def _make_output_dir(output_dir: Path) -> None:
         raise CannotCreate(f"{output_dir}: cannot create the output folder ({exc.strerror})") from None
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise CannotCreate(f"{output_dir}: the output folder is not writable (run the container with -u $(id -u))")
-    try:  # access() does not see every refusal (root on a read-only mount, NFS root squashing, a full disk)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as exc:
-        raise CannotCreate(f"{output_dir}: the output folder is not writable ({exc.strerror})") from None
+    problem = folder_write_problem(output_dir)
+    if problem is not None:
+        raise CannotCreate(f"{output_dir}: the output folder is not writable ({problem})")

@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__, volume
 from ..console import ArgumentParser, add_logging_options, describe_exception, run_command
 from ..errors import SOME_IMAGE_FAILED, CannotCreate, InputError, MissingInput, TotalSpineSegError
-from ..fsutil import StagedWrites, sweep_stale_temps, temp_name_for
+from ..fsutil import StagedWrites, folder_write_problem, sweep_stale_temps
 from ..pipeline import Models, PipelineOptions, SegmentationResult, segment
 from ..runtime import PRECISIONS
 from ..scratch import prepare_scratch
@@ -232,13 +232,9 @@ def _stage_previews(result: SegmentationResult, folder: Path, name: str, staged:
 
 def check_output_folder(output: Path) -> None:
     """The output folder exists (or can be made) and takes files: checked before any network runs."""
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / temp_name_for(output / "probe").name
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise CannotCreate(f"{output}: the output folder is not writable ({exc.strerror or exc})") from None
+    problem = folder_write_problem(output)
+    if problem is not None:
+        raise CannotCreate(f"{output}: the output folder is not writable ({problem})")
 
 
 # -----------------------------------------------------------------------------------------------------------
