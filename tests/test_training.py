@@ -404,3 +404,65 @@ def test_demo_recipe_runs_the_warm_restart_once_and_resumes(tmp_path, monkeypatc
     calls.clear()
     demo_recipe.train_demo(tmp_path, replace(settings, restarts=(2, 1)), progress=False)
     assert calls == [(101, 8, True)]
+
+
+# --------------------------------------------------------------------------------------------------
+# The lite recipe
+
+
+def test_initial_weights_are_loaded_whole_or_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    from totalspineseg.errors import TotalSpineSegError
+    from totalspineseg.training import nnunet
+
+    class FakeTrainer:
+        def __init__(self, width):
+            self.network = torch.nn.Sequential(torch.nn.Conv3d(1, width, 3), torch.nn.Conv3d(width, 3, 1))
+            self.initialized = False
+
+        def initialize(self):
+            self.initialized = True
+
+    source = FakeTrainer(4)
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": source.network.state_dict()}, path)
+
+    target = FakeTrainer(4)
+    nnunet._load_initial_weights(target, path)
+    assert target.initialized
+    for key, value in source.network.state_dict().items():  # every layer, the output layer too
+        assert torch.equal(target.network.state_dict()[key], value)
+
+    with pytest.raises(TotalSpineSegError, match="not the same network"):
+        nnunet._load_initial_weights(FakeTrainer(8), path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(TotalSpineSegError, match="cannot read initial weights"):
+        nnunet._load_initial_weights(FakeTrainer(4), path)
+
+
+def test_lite_recipe_starts_from_its_init_once_and_resumes(tmp_path, monkeypatch):
+    from totalspineseg import training
+    from totalspineseg.training import demo_recipe, lite_recipe
+
+    calls = []
+
+    def fake_train(dirs, dataset_id, plans_name, device, settings, threads):
+        calls.append((dataset_id, plans_name, settings.epochs, settings.initial_weights))
+        fold = dirs.model_folder(dataset_id, plans_name) / "fold_0"
+        fold.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(demo_recipe, "_raw_done", lambda dirs, n: True)
+    monkeypatch.setattr(demo_recipe, "_preprocessed_done", lambda dirs, i, plans: True)
+    monkeypatch.setattr(training, "write_splits", lambda *a, **k: None)
+    monkeypatch.setattr(training, "train", fake_train)
+    monkeypatch.setattr(training, "export_release", lambda *a, **k: [])
+    settings = lite_recipe.LiteSettings(epochs=(3, 2), init="demo")
+    lite_recipe.train_lite(tmp_path, settings, progress=False)
+    demo = weights.resolve_model("demo")
+    assert calls == [(101, lite_recipe.PLANS_NAME, 3, demo.step1_checkpoint),
+                     (102, lite_recipe.PLANS_NAME, 2, demo.step2_checkpoint)]
+    calls.clear()
+    lite_recipe.train_lite(tmp_path, settings, progress=False)
+    assert calls == []  # both stages recorded as done
+    lite_recipe.train_lite(tmp_path, replace(settings, epochs=(5, 2), steps=(1,)), progress=False)
+    assert [c[:3] for c in calls] == [(101, lite_recipe.PLANS_NAME, 5)]

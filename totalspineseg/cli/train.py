@@ -39,6 +39,7 @@ def get_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_export(sub)
     _add_demo(sub)
+    _add_lite(sub)
     return p
 
 
@@ -124,6 +125,35 @@ def _add_demo(sub) -> None:
                    help="also unpack the models into DIR (totalspineseg/resources/demo to ship them)")
 
 
+def _add_lite(sub) -> None:
+    from ..training import lite_recipe
+
+    d = lite_recipe.LiteSettings()
+    p = sub.add_parser("lite", help="build the lite model: synthetic images of real spine anatomy, end to end",
+                       description="Render SynthSeg-style images on real vertebrae (from ../shared/data/anatomy or "
+                                   "$TOTALSPINESEG_ANATOMY) and demo phantoms, prepare both datasets, train both "
+                                   "steps starting from --init, and export release zips into OUT_DIR/exports. "
+                                   "Stages already done in OUT_DIR are skipped.")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--synthetic", type=int, default=d.n_synth, help="synthetic images (default %(default)s)")
+    p.add_argument("--phantoms", type=int, default=d.n_phantoms, help="demo phantoms (default %(default)s)")
+    p.add_argument("--epochs", type=int, nargs=2, default=list(d.epochs), metavar=("STEP1", "STEP2"),
+                   help="epochs of this stage (default: %(default)s)")
+    p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch)
+    p.add_argument("--init", default=d.init,
+                   help="weights to start from: demo (first stage), lite (a later stage, from the shipped "
+                        "weights), a model folder, or none (default: %(default)s)")
+    p.add_argument("--steps", type=int, nargs="+", choices=[1, 2], default=list(d.steps),
+                   help="train only these steps (run 1 and 2 in two processes to use two CPUs each with one "
+                        "thread); the export needs both")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--processes", type=int, default=d.processes, help="worker processes for the images")
+    p.add_argument("--threads", type=int, help="CPU training threads (default: all allowed CPUs)")
+    p.add_argument("--bundle", type=Path, metavar="DIR",
+                   help="also unpack the models into DIR (totalspineseg/resources/lite to ship them)")
+
+
 def _override(args) -> dict | None:
     if args.tiny_plans:
         return dict(training.TINY_OVERRIDE)
@@ -187,7 +217,20 @@ def _demo(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _prepare, "run": _run, "export": _export, "demo": _demo}
+def _lite(args) -> int:
+    from ..training import lite_recipe
+
+    init = None if str(args.init).lower() == "none" else args.init
+    settings = lite_recipe.LiteSettings(n_synth=args.synthetic, n_phantoms=args.phantoms, seed=args.seed,
+                                        epochs=tuple(args.epochs), iterations_per_epoch=args.iterations_per_epoch,
+                                        processes=args.processes, threads=args.threads, init=init,
+                                        steps=tuple(sorted(set(args.steps))))
+    for path in lite_recipe.train_lite(args.out_dir, settings, args.device, args.bundle, progress=not args.quiet):
+        print(path)
+    return 0
+
+
+COMMANDS = {"prepare": _prepare, "run": _run, "export": _export, "demo": _demo, "lite": _lite}
 
 
 def main(argv: list[str] | None = None) -> int:

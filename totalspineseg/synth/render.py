@@ -19,7 +19,7 @@ from ..volume import save_nifti
 from .anatomy import Anatomy
 from .shapes import Tissue
 
-__all__ = ["CONTRASTS", "Volume3D", "render", "check_contrast"]
+__all__ = ["CONTRASTS", "Volume3D", "render", "check_contrast", "spine_coords", "upsample", "lattice_steps"]
 
 CONTRASTS = ("T2w", "T1w")
 
@@ -70,19 +70,33 @@ def check_contrast(contrast: str) -> str:
 
 
 def _spine_coords(anat: Anatomy, shape, affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(u, v, s) at every voxel centre: exact on a ~4 mm lattice, trilinear in between (the map is smooth)."""
+    return spine_coords(anat.centreline, shape, affine)
+
+
+def spine_coords(centreline, shape, affine, displace=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, v, s) at every voxel centre: exact on a ~4 mm lattice, trilinear in between (the map is smooth).
+
+    `displace(coarse_shape)`, if given, returns three arrays added to (u, v, s) on the lattice (a smooth
+    deformation costs nothing more that way).
+    """
     vox = np.linalg.norm(affine[:3, :3], axis=0)
     steps = [max(1, int(_COARSE_MM // v)) for v in vox]
     axes = [np.arange(math.ceil((n - 1) / k) + 1) * k for n, k in zip(shape, steps, strict=False)]
     ijk = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
     coarse_shape = tuple(len(a) for a in axes)
-    return tuple(
-        _upsample(c.reshape(coarse_shape).astype(np.float32), steps, shape) for c in anat.centreline.to_spine(xyz)
-    )
+    coarse = [c.reshape(coarse_shape).astype(np.float32) for c in centreline.to_spine(xyz)]
+    if displace is not None:
+        coarse = [c + d for c, d in zip(coarse, displace(coarse_shape), strict=True)]
+    return tuple(upsample(c, steps, shape) for c in coarse)
 
 
-def _upsample(coarse: np.ndarray, steps, shape) -> np.ndarray:
+def lattice_steps(affine) -> list[int]:
+    """Voxel steps of the ~4 mm lattice that `spine_coords` and `upsample` use."""
+    return [max(1, int(_COARSE_MM // v)) for v in np.linalg.norm(affine[:3, :3], axis=0)]
+
+
+def upsample(coarse: np.ndarray, steps, shape) -> np.ndarray:
     """Separable linear interpolation from a lattice of every `steps[a]`-th voxel to the full grid."""
     out = coarse
     for axis, (k, n) in enumerate(zip(steps, shape, strict=False)):

@@ -190,9 +190,9 @@ def _raw_done(dirs: NnUNetDirs, n_cases: int) -> bool:
     return True
 
 
-def _preprocessed_done(dirs: NnUNetDirs, dataset_id: int) -> bool:
+def _preprocessed_done(dirs: NnUNetDirs, dataset_id: int, plans_name: str = PLANS_NAME) -> bool:
     folder = dirs.preprocessed / training.DATASET_NAMES[dataset_id]
-    plans = folder / f"{PLANS_NAME}.json"
+    plans = folder / f"{plans_name}.json"
     if not plans.is_file():
         return False
     identifier = json.loads(plans.read_text())["configurations"][training.CONFIGURATION]["data_identifier"]

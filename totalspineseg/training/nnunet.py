@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -213,6 +214,7 @@ class TrainSettings:
     continue_training: bool = False
     save_every: int | None = None
     oversample_foreground: float | None = None  # share of patches centred on a structure (nnU-Net: 0.33)
+    initial_weights: Path | None = None  # a checkpoint of the same network to start from (not resuming)
 
 
 def resolve_train_device(device: str = "auto") -> str:
@@ -250,8 +252,10 @@ def train(dirs: NnUNetDirs, dataset_id: int, plans_name: str = "nnUNetPlans", co
         dataset = json.loads((folder / "dataset.json").read_text())
         trainer = nnUNetTrainer(plans, configuration, fold, dataset, device=torch.device(device))
         _configure(trainer, settings)
-        if settings.continue_training:
-            _resume(trainer)
+        if settings.continue_training and _resume(trainer):
+            pass
+        elif settings.initial_weights is not None:
+            _load_initial_weights(trainer, Path(settings.initial_weights))
         _seed_everything(settings.seed)
         trainer.run_training()
     return Path(trainer.output_folder_base)
@@ -288,15 +292,34 @@ def _disable_mirroring(trainer: nnUNetTrainer) -> None:
     trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size = without_mirroring
 
 
-def _resume(trainer: nnUNetTrainer) -> None:
+def _resume(trainer: nnUNetTrainer) -> bool:
     fold_dir = Path(trainer.output_folder)
     # checkpoint_latest is nnU-Net's periodic save: never released, so the weights loader has no name for it.
     for name in ("checkpoint_latest.pth", CHECKPOINT_FILES["final"]):
         if (fold_dir / name).is_file():
             log.info("continuing from %s", fold_dir / name)
             trainer.load_checkpoint(str(fold_dir / name))
-            return
+            return True
     log.warning("%s: no checkpoint to continue from; starting a new training", fold_dir)
+    return False
+
+
+def _load_initial_weights(trainer: nnUNetTrainer, checkpoint: Path) -> None:
+    """Start from another model's weights (every layer, the output layers too): same plans, same classes."""
+    import torch
+
+    trainer.initialize()
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["network_weights"]
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
+        raise TotalSpineSegError(f"{checkpoint}: cannot read initial weights ({exc})") from exc
+    own = trainer.network.state_dict()
+    wrong = [k for k, v in own.items() if k not in state or tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise TotalSpineSegError(f"{checkpoint}: not the same network as the plans ({len(wrong)} tensors differ, "
+                                 f"e.g. {wrong[0]})")
+    trainer.network.load_state_dict({k: state[k] for k in own})
+    log.info("starting from the weights of %s", checkpoint)
 
 
 def _seed_everything(seed: int | None) -> None:

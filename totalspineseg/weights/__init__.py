@@ -29,6 +29,7 @@ from .checks import verify
 from .installer import install, is_installed
 from .locate import ENV_VAR, ModelPaths, install_root, installed, resolve_model, search_roots, user_cache_dir
 from .registry import (
+    BUNDLED,
     CHECKPOINT_NAMES,
     DEFAULT_RELEASE,
     GITHUB_DOWNLOADS,
@@ -46,6 +47,7 @@ from .registry import (
 )
 
 __all__ = [
+    "BUNDLED",
     "CHECKPOINT_NAMES",
     "DEFAULT_RELEASE",
     "ENV_VAR",

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from totalspineseg.errors import WeightsError
 
-from .locate import models_in, read_manifest, resolve_demo, search_roots
+from .locate import models_in, read_manifest, resolve_bundled, search_roots
 from .registry import (
+    BUNDLED,
     CHECKPOINT_NAMES,
     DEFAULT_RELEASE,
     FOLD_PREFIX,
@@ -41,9 +42,9 @@ def sha256_file(path: Path) -> str:
 def verify(root: str | Path | None = None, release: str | None = None) -> list[str]:
     """Problems with an installed release (structure, then size and sha256 against the manifest)."""
     name = release or DEFAULT_RELEASE
-    if name == "demo":
+    if name in BUNDLED:
         try:
-            resolve_demo()
+            resolve_bundled(name)
         except WeightsError as err:
             return [str(err)]
         return []

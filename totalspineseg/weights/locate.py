@@ -16,6 +16,7 @@ from pathlib import Path
 from totalspineseg.errors import WeightsError
 
 from .registry import (
+    BUNDLED,
     CHECKPOINT_NAMES,
     DEFAULT_RELEASE,
     FOLD_PREFIX,
@@ -211,10 +212,12 @@ def resolve_model(
     """
     explicit = release is not None
     name = str(weights) if weights is not None else "official"
-    if name in RELEASES and name != "demo":
+    if name == "official" and release in BUNDLED:
+        name = release
+    if name in BUNDLED:
+        return resolve_bundled(name)
+    if name in RELEASES:
         name, release, explicit = "official", name, True
-    if name == "demo" or (name == "official" and release == "demo"):
-        return resolve_demo()
     if name == "official":
         return _resolve_release(get_release(release), data_dir, explicit, download, quiet)
     path = Path(name).expanduser()
@@ -266,15 +269,20 @@ def _missing_message(release: str, roots: list[tuple[str, Path]], data_dir: str 
     )
 
 
+def resolve_bundled(name: str) -> ModelPaths:
+    """A model shipped inside the package (demo, lite)."""
+    folder = RELEASES[name].bundled
+    if folder is None or not folder.is_dir():
+        raise WeightsError(f"the {name} model is not bundled with this installation ({folder} is missing)")
+    found = find_in_path(folder, name, True)
+    if found is None:
+        raise WeightsError(f"{folder}: the bundled {name} model has no Dataset101_*/Dataset102_* models")
+    return replace(found, release=name)
+
+
 def resolve_demo() -> ModelPaths:
     """The demo model bundled with the package."""
-    folder = RELEASES["demo"].bundled
-    if folder is None or not folder.is_dir():
-        raise WeightsError(f"the demo model is not bundled with this installation ({folder} is missing)")
-    found = find_in_path(folder, "demo", True)
-    if found is None:
-        raise WeightsError(f"{folder}: the bundled demo model has no Dataset101_*/Dataset102_* models")
-    return replace(found, release="demo")
+    return resolve_bundled("demo")
 
 
 def installed(data_dir: str | Path | None = None) -> list[tuple[str, Path]]:

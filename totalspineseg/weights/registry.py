@@ -86,8 +86,16 @@ RELEASES: dict[str, Release] = {
             bundled=PACKAGE_DIR / "resources" / "demo",
             description="DEMO model trained on synthetic phantoms; not for real data",
         ),
+        Release(
+            "lite",
+            bundled=PACKAGE_DIR / "resources" / "lite",
+            description="LITE model in the package, trained on synthetic images of real spine anatomy (see its "
+                        "model card for what it is good for)",
+        ),
     )
 }
+#: Releases shipped inside the package: never downloaded, never chosen silently.
+BUNDLED: tuple[str, ...] = tuple(name for name, r in RELEASES.items() if r.bundled is not None)
 
 
 def get_release(name: str | None) -> Release:

@@ -1,0 +1,156 @@
+"""The recipe of the bundled ``lite`` model: SynthSeg-style images on real spine anatomy, plus phantoms.
+
+Stages, each skipped when its result is already there (so an interrupted run continues):
+
+1. images: ``n_synth`` synthetic images (``synth.synthseg``: real bones from ``../shared/data/anatomy``, random
+   contrast and acquisition) and ``n_phantoms`` geometric phantoms of the demo recipe (they keep the L6, the
+   missing disc and the localizer cases), rendered into both nnU-Net raw datasets at 2 mm;
+2. planning and preprocessing with the demo model's plans (the same network, so it can start from it);
+3. training: each step starts from ``init`` (the bundled demo model for the first stage, the bundled lite model
+   for later ones: the committed stripped weights) and runs ``epochs`` epochs; a finished stage is recorded;
+4. export: stripped checkpoints, release zips, and (``bundle``) the model folders shipped in the package.
+
+Every stage of the shipped model is listed in ``STAGES``; the model card says which ones it went through.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import training, volume
+from ..synth import library as anatomy_library
+from ..synth import synthseg
+from ..training import NnUNetDirs, TrainSettings
+from . import demo_recipe
+
+log = logging.getLogger(__name__)
+
+RELEASE = "lite"
+PLANS_NAME = "nnUNetPlansLite"
+PLANS_OVERRIDE = demo_recipe.PLANS_OVERRIDE  # the demo network: it starts from the demo weights
+SPACING = demo_recipe.SPACING
+CASES_FILE = "lite_cases.json"
+STAGE_FILE = "lite_stage.json"
+
+
+@dataclass(frozen=True)
+class LiteSettings:
+    n_synth: int = 360
+    n_phantoms: int = 80
+    seed: int = 0  # synthetic images use seeds seed * 100000 + i; phantoms the demo recipe's draw with this seed
+    epochs: tuple[int, int] = (60, 60)  # step 1, step 2
+    iterations_per_epoch: int = 50
+    val_iterations_per_epoch: int = 2
+    processes: int = 2
+    threads: int | None = None
+    init: str | None = "demo"  # demo | lite | a model root folder | None (random)
+    steps: tuple[int, ...] = (1, 2)
+
+
+#: The stages that made the shipped model, in order (each one a run of `train_lite` with these settings).
+STAGES = (
+    {"stage": 1, "init": "demo", "n_synth": 360, "n_phantoms": 80, "seed": 0, "epochs": [60, 60]},
+)
+
+
+def _worker_init() -> None:
+    global _LIBRARY
+    _LIBRARY = anatomy_library.load_library()
+
+
+_LIBRARY = None
+
+
+def _write_synthetic(raw_dir: Path, index: int, spec: synthseg.SynthSpec) -> str:
+    vol = synthseg.render_synthetic(_LIBRARY, spec)
+    case = training.to_network_grid(volume.Volume(vol.image, vol.affine), volume.Volume(vol.labels, vol.affine),
+                                    SPACING)
+    name = f"lite{index:04d}_{spec.name}"
+    training.write_case(raw_dir, (1, 2), name, case)
+    return name
+
+
+def _write_phantom(raw_dir: Path, index: int, spec) -> str:
+    ph = spec.render()
+    case = training.to_network_grid(volume.Volume(ph.image, ph.affine), volume.Volume(ph.labels, ph.affine), SPACING)
+    name = f"lite{index:04d}_{spec.name}"
+    training.write_case(raw_dir, (1, 2), name, case)
+    return name
+
+
+def build_datasets(dirs: NnUNetDirs, settings: LiteSettings, progress: bool = True) -> None:
+    anatomy_library.load_library()  # build the cache once, before the workers read it
+    synth = [synthseg.draw_spec(settings.seed * 100_000 + i) for i in range(settings.n_synth)]
+    phantoms = [demo_recipe.draw_spec(settings.seed, i) for i in range(settings.n_phantoms)]
+    for step in (1, 2):
+        training.create_dataset(dirs.raw, step, overwrite=True)
+    jobs = [(_write_synthetic, i, s) for i, s in enumerate(synth)]
+    jobs += [(_write_phantom, len(synth) + i, s) for i, s in enumerate(phantoms)]
+    with ProcessPoolExecutor(settings.processes, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+        futures = [pool.submit(fn, dirs.raw, i, s) for fn, i, s in jobs]
+        for f in tqdm(futures, total=len(futures), desc="Rendering training images", unit="image",
+                      disable=not progress):
+            f.result()
+    for step in (1, 2):
+        training.finish_dataset(dirs.raw, step)
+    (dirs.raw / CASES_FILE).write_text(json.dumps({"synthetic": [asdict(s) for s in synth],
+                                                   "phantoms": [asdict(s) for s in phantoms]}, indent=1))
+
+
+def initial_checkpoint(init: str | None, step: int) -> Path | None:
+    """The checkpoint a first stage starts from: a bundled release (demo, lite) or a model root folder."""
+    if init is None:
+        return None
+    from ..weights import resolve_model
+
+    return resolve_model(init).checkpoint(f"step{step}")
+
+
+def train_lite(out_dir, settings: LiteSettings = LiteSettings(), device: str = "auto", bundle: Path | None = None,
+               progress: bool = True) -> list[Path]:
+    out_dir = Path(out_dir)
+    dirs = NnUNetDirs(out_dir / "nnUNet")
+    timings: dict[str, float] = {}
+    n_cases = settings.n_synth + settings.n_phantoms
+    with demo_recipe._timed(timings, "images"):
+        if not demo_recipe._raw_done(dirs, n_cases):
+            build_datasets(dirs, settings, progress)
+    for step in settings.steps:
+        dataset_id = training.DATASET_IDS[step]
+        with demo_recipe._timed(timings, f"plan_preprocess_{dataset_id}"):
+            if not demo_recipe._preprocessed_done(dirs, dataset_id, PLANS_NAME):
+                training.plan_and_preprocess(dirs, dataset_id, demo_recipe.PLANNER, PLANS_NAME,
+                                             override=PLANS_OVERRIDE, processes=settings.processes)
+            training.write_splits(dirs, dataset_id, demo_recipe.VALIDATION_FOLDS, overwrite=True)
+        with demo_recipe._timed(timings, f"train_{dataset_id}"):
+            fold = dirs.model_folder(dataset_id, PLANS_NAME) / "fold_0"
+            total = settings.epochs[step - 1]
+            if _stage_epochs(fold) < total:
+                run = TrainSettings(total, settings.iterations_per_epoch, settings.val_iterations_per_epoch,
+                                    settings.seed, continue_training=True, save_every=5,
+                                    oversample_foreground=demo_recipe.OVERSAMPLE_FOREGROUND,
+                                    initial_weights=initial_checkpoint(settings.init, step))
+                training.train(dirs, dataset_id, PLANS_NAME, device=device, settings=run, threads=settings.threads)
+                (fold / STAGE_FILE).write_text(json.dumps({"epochs": total, "init": settings.init}))
+    zips: list[Path] = []
+    if set(settings.steps) == {1, 2}:
+        zips = training.export_release(dirs.results, out_dir / "exports", RELEASE)
+        if bundle is not None:
+            training.unpack_release(zips, Path(bundle))
+    (out_dir / f"lite_timings_steps{''.join(map(str, settings.steps))}.json").write_text(json.dumps(timings, indent=2))
+    for stage, seconds in timings.items():
+        log.info("%-22s %7.1f s", stage, seconds)
+    return zips
+
+
+def _stage_epochs(fold: Path) -> int:
+    if (fold / STAGE_FILE).is_file():
+        return int(json.loads((fold / STAGE_FILE).read_text())["epochs"])
+    return 0
