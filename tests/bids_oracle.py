@@ -23,12 +23,13 @@ def truth_path(bids_dir: Path, source: Path) -> Path:
 class TruthProvider:
     release = "oracle"
 
-    def __init__(self, bids_dir, calls=None):
+    def __init__(self, bids_dir, calls=None, tile_step: float = 0.5):
         self.bids_dir = Path(bids_dir)
         self.calls = calls  # a list that records every image segmented (in-process runs)
+        self.tile_step = tile_step  # recorded in the fingerprint and the sidecars, as WeightsProvider's is
 
     def __call__(self, source):
         if self.calls is not None:
             self.calls.append(Path(source).relative_to(self.bids_dir).as_posix())
         truth = volume.load_labels(truth_path(self.bids_dir, Path(source)))
-        return oracle_models(truth.data, truth.affine)
+        return oracle_models(truth.data, truth.affine, self.tile_step)

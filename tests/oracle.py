@@ -40,6 +40,7 @@ class OracleModel:
         return Prediction(labels=classes.astype(np.uint8), probabilities=probs)
 
 
-def oracle_models(truth: np.ndarray, truth_affine: np.ndarray) -> Models:
+def oracle_models(truth: np.ndarray, truth_affine: np.ndarray, tile_step: float = 0.5) -> Models:
+    """`tile_step` is only recorded (the oracle has no sliding window), as a real run records it."""
     return Models(OracleModel(truth, truth_affine, 1), OracleModel(truth, truth_affine, 2), release="oracle",
-                  sha256={}, device="cpu")
+                  sha256={}, device="cpu", tile_step=tile_step)

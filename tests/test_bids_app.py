@@ -120,6 +120,7 @@ def test_sidecars_carry_provenance(processed):
     assert meta["Sources"] == ["bids:raw:sub-02/anat/sub-02_T2w.nii.gz"]
     assert meta["SpatialReference"] == "orig" and meta["Manual"] is False
     assert meta["ModelRelease"] == "oracle" and meta["Device"] == "cpu" and meta["SoftwareVersion"]
+    assert meta["Precision"] == "fp32" and meta["TileStep"] == 0.5
     soft = np.asarray(nib.load(processed.out / "sub-02/anat/sub-02_label-SC_probseg.nii.gz").dataobj)
     assert soft.dtype == np.float32 and 0 <= soft.min() and soft.max() <= 1 and soft.max() > 0.5
 
@@ -228,6 +229,29 @@ def test_changed_options_redo_the_images(processed, copy_of):
     assert "Resolution" in sidecar(copy_of, "sub-01/anat/sub-01_res-1mm_desc-spine_dseg.json")
 
 
+def test_a_changed_tile_step_redoes_the_images_and_is_recorded(processed, copy_of, monkeypatch):
+    import totalspineseg.bids_app.app as app
+
+    calls, asked = [], {}
+
+    def weights_provider(*args, **kwargs):  # the --weights provider, with the oracle's networks
+        asked.update(kwargs)
+        return TruthProvider(processed.ds, calls, tile_step=kwargs["tile_step"])
+
+    monkeypatch.setattr(app, "WeightsProvider", weights_provider)
+    assert main([str(processed.ds), str(copy_of), "participant", "--participant_label", "01", "--tile-step", "0.75",
+                 "--skip-bids-validation"]) == 0
+    assert asked["tile_step"] == 0.75
+    assert calls == ["sub-01/anat/sub-01_acq-localizer_T2w.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz"]
+    assert sidecar(copy_of, "sub-01/anat/sub-01_label-SC_probseg.json")["TileStep"] == 0.75
+    marker = sidecar(copy_of, "sub-01/log/sub-01_T1w.done.json")
+    assert marker["fingerprint"]["tile_step"] == 0.75 and marker["provenance"]["TileStep"] == 0.75
+    calls.clear()
+    assert main([str(processed.ds), str(copy_of), "participant", "--participant_label", "01", "--tile-step", "0.75",
+                 "--skip-bids-validation"]) == 0
+    assert calls == []  # the same step again: complete
+
+
 def test_reports_only_rebuilds_pages_without_segmenting(processed, copy_of):
     (copy_of / "sub-01.html").unlink()
 
@@ -315,6 +339,10 @@ def test_usage_errors_exit_64(tmp_path, capsys):
     assert main([str(tmp_path), str(tmp_path / "o"), "participant", "--bogus"]) == 64
     assert main([str(tmp_path)]) == 64
     assert "usage:" in capsys.readouterr().err
+    for bad in ("0", "1.5", "-0.5", "half"):
+        assert main([str(tmp_path), str(tmp_path / "o"), "participant", "--tile-step", bad]) == 64
+    assert "--tile-step: 'half' is not a number" in capsys.readouterr().err
+    assert main([str(tmp_path), str(tmp_path / "o"), "participant", "--tile-step", "1"]) != 64  # 1 is allowed
 
 
 def test_version(capsys):

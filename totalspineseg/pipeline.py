@@ -25,6 +25,7 @@ from . import resample, volume
 from .errors import InputError, LabelingError
 from .labeling import LabelingParams, LabelingResult, Localizer, label_step1, label_step2
 from .postprocess import complete_discs, disc_level_points, mask_soft, odd_disc_mask
+from .runtime import TILE_STEP_DEFAULT
 
 if TYPE_CHECKING:
     from .predictor import Prediction
@@ -68,20 +69,22 @@ class Models:
     sha256: dict = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "fp32"  # of the forward passes: fp32, bf16 or fp16
+    tile_step: float = TILE_STEP_DEFAULT  # sliding-window step of both networks, a fraction of the patch
 
     @classmethod
     def load(cls, paths: ModelPaths, device: str = "auto", threads: int | None = None,
-             step1_only: bool = False, precision: str = "auto") -> Models:
+             step1_only: bool = False, precision: str = "auto", tile_step: float = TILE_STEP_DEFAULT) -> Models:
         """Load the networks of a `weights.ModelPaths`."""
         from .predictor import load_model
 
         step1 = load_model(paths.step1, fold=paths.fold("step1"), checkpoint=paths.step1_checkpoint.name,
-                           device=device, threads=threads, precision=precision)
+                           device=device, threads=threads, precision=precision, tile_step=tile_step)
         step2 = None
         if not step1_only:
             step2 = load_model(paths.step2, fold=paths.fold("step2"), checkpoint=paths.step2_checkpoint.name,
-                               device=device, threads=threads, precision=precision)
-        return cls(step1, step2, paths.release, dict(paths.sha256), str(step1.device), step1.precision)
+                               device=device, threads=threads, precision=precision, tile_step=tile_step)
+        return cls(step1, step2, paths.release, dict(paths.sha256), str(step1.device), step1.precision,
+                   step1.tile_step)
 
 
 @dataclass
@@ -120,6 +123,7 @@ class SegmentationResult:
     release: str = ""
     device: str = ""
     precision: str = "fp32"
+    tile_step: float = TILE_STEP_DEFAULT
     header: Any = None  # the input's NIfTI header: outputs on its grid keep its qform/sform
 
     @property
@@ -236,7 +240,8 @@ def segment(image: str | Path | volume.Volume, models: Models, localizer: Locali
         source=source, native=native, iso=iso_out, iso_image=iso_image, step1_raw=step1_raw, step2_raw=step2_raw,
         step2_input=odd, crop_grid=crop_grid, step1_labeling=res1, step2_labeling=res2, level_points_iso=points,
         warnings=[f"header: {w}" for w in vol.warnings] + warnings, timings=timer.timings,
-        release=models.release, device=models.device, precision=models.precision, header=vol.header,
+        release=models.release, device=models.device, precision=models.precision,
+        tile_step=models.tile_step, header=vol.header,
     )
 
 

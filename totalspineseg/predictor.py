@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from totalspineseg.errors import TotalSpineSegError, WeightsError
-from totalspineseg.runtime import nnunet_output, resolve_precision, resolve_threads
+from totalspineseg.runtime import TILE_STEP_DEFAULT, check_tile_step, nnunet_output, resolve_precision, resolve_threads
 from totalspineseg.weights.registry import CHECKPOINT_NAMES, DATASET_JSON, PLANS_JSON, fold_dir_name, model_name_parts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -203,7 +203,8 @@ class LoadedModel:
     """A network with its nnU-Net plans, ready to predict. Create it with :func:`load_model`."""
 
     def __init__(self, folder: ModelFolder, network: torch.nn.Module, state_dict: dict, configuration: str,
-                 trainer_name: str, device: torch.device, threads: int, precision: str = "fp32"):
+                 trainer_name: str, device: torch.device, threads: int, precision: str = "fp32",
+                 tile_step: float = TILE_STEP_DEFAULT):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -218,7 +219,7 @@ class LoadedModel:
         with nnunet_output():
             self.label_manager = self.plans_manager.get_label_manager(folder.dataset_json)
             self._predictor = nnUNetPredictor(
-                tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                tile_step_size=check_tile_step(tile_step), use_gaussian=True, use_mirroring=False,
                 perform_everything_on_device=device.type == "cuda", device=device,
                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
             self._predictor.manual_initialization(
@@ -227,7 +228,17 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         return (f"LoadedModel({self.folder.path}, configuration={self.configuration!r}, "
-                f"device={self.device}, threads={self.threads}, precision={self.precision})")
+                f"device={self.device}, threads={self.threads}, precision={self.precision}, "
+                f"tile_step={self.tile_step:g})")
+
+    @property
+    def tile_step(self) -> float:
+        """The sliding-window step as a fraction of the patch (nnU-Net's tile_step_size; 0.5 = half overlap)."""
+        return self._predictor.tile_step_size
+
+    @tile_step.setter
+    def tile_step(self, value: float) -> None:
+        self._predictor.tile_step_size = check_tile_step(value)
 
     @property
     def n_channels(self) -> int:
@@ -317,14 +328,19 @@ class LoadedModel:
 
 
 def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, checkpoint: str | None = None,
-               device: str = "auto", threads: int | None = None, precision: str = "fp32") -> LoadedModel:
+               device: str = "auto", threads: int | None = None, precision: str = "fp32",
+               tile_step: float = TILE_STEP_DEFAULT) -> LoadedModel:
     """Load ``fold`` of a trained-model folder; ``checkpoint`` defaults to best, then final.
 
     ``threads``: CPU threads for torch, as `totalspineseg.runtime.resolve_threads` settles them (never more than
     the CPUs this process may use; without it, OMP_NUM_THREADS, else all of them).
     ``precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``, as `totalspineseg.runtime.resolve_precision` settles it.
+    ``tile_step``: the sliding-window step as a fraction of the patch, in (0, 1]; 0.5 (nnU-Net's default) overlaps
+    neighbouring tiles by half a patch, larger steps run fewer tiles with less averaging at the seams.
     """
     import torch
+
+    tile_step = check_tile_step(tile_step)  # before minutes of loading
 
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder.open(folder)
     _check_supported(folder)
@@ -349,7 +365,7 @@ def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, che
     network.to(torch_device).eval()
     # the predictor reloads these before each prediction: hand it the network's own tensors, not a second copy
     return LoadedModel(folder, network, network.state_dict(), configuration, trainer_name, torch_device, n_threads,
-                       resolve_precision(precision, torch_device.type))
+                       resolve_precision(precision, torch_device.type), tile_step)
 
 
 def _check_supported(folder: ModelFolder) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
@@ -137,3 +138,34 @@ def resolve_precision(requested: str, device_type: str, native_bf16: bool | None
     if requested == "fp16":
         log.warning("--precision fp16 on the CPU: few CPUs compute fp16 natively; bf16 or fp32 is usually faster")
     return requested
+
+
+TILE_STEP_DEFAULT = 0.5  # nnU-Net's tile_step_size: neighbouring sliding-window tiles overlap by half a patch
+TILE_STEP_HELP = (
+    "sliding-window step as a fraction of the network patch, in (0, 1] (default 0.5, as upstream: neighbouring "
+    "tiles overlap by half a patch). A larger step runs fewer tiles, so the networks finish sooner, at the price "
+    "of less averaging where tiles meet: the labels change (0.75 on a whole spine with the demo model: 36%% fewer "
+    "tiles; Dice against 0.5 down to 0.83 for one structure, 0.95 on average)")
+
+
+def check_tile_step(value: float) -> float:
+    """The sliding-window step as a fraction of the patch, in (0, 1]; anything else is a ValueError."""
+    value = float(value)
+    if not 0.0 < value <= 1.0:  # also refuses nan
+        raise ValueError(f"tile step must be in (0, 1] (a fraction of the patch), got {value:g}")
+    return value
+
+
+def parse_tile_step(text: str) -> float:
+    """argparse type of --tile-step: a bad value is a usage error (exit 64), not a traceback."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: {_TILE_STEP_HINT}") from None
+    try:
+        return check_tile_step(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in (0, 1]: {_TILE_STEP_HINT}") from None
+
+
+_TILE_STEP_HINT = "give the step as a fraction of the patch, e.g. 0.5 (default) or 0.75"

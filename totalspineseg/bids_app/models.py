@@ -17,7 +17,7 @@ from .. import weights
 from ..console import describe_exception
 from ..errors import TotalSpineSegError, WeightsError
 from ..pipeline import Models
-from ..runtime import resolve_precision
+from ..runtime import TILE_STEP_DEFAULT, check_tile_step, resolve_precision
 
 
 @runtime_checkable
@@ -26,16 +26,19 @@ class ModelProvider(Protocol):
 
     release: str
     precision: str  # of the forward passes, as resolved (part of the completion fingerprint)
+    tile_step: float  # sliding-window step, a fraction of the patch (part of the completion fingerprint)
 
     def __call__(self, source: Path) -> Models: ...
 
 
 class WeightsProvider:
     def __init__(self, name: str, device: str = "auto", threads: int | None = None, step1_only: bool = False,
-                 data_dir: str | Path | None = None, precision: str = "auto"):
+                 data_dir: str | Path | None = None, precision: str = "auto",
+                 tile_step: float = TILE_STEP_DEFAULT):
         self.paths = weights.resolve_model(name, data_dir)  # raises WeightsError with the install command
         self.release = self.paths.release
         self.precision = resolve_precision(precision, _device_type(device))
+        self.tile_step = check_tile_step(tile_step)
         self.device, self.threads, self.step1_only = device, threads, step1_only
         self._models: Models | None = None
         self._failure: TotalSpineSegError | None = None
@@ -45,7 +48,8 @@ class WeightsProvider:
             raise self._failure.with_traceback(None)
         if self._models is None:
             try:
-                self._models = Models.load(self.paths, self.device, self.threads, self.step1_only, self.precision)
+                self._models = Models.load(self.paths, self.device, self.threads, self.step1_only, self.precision,
+                                           self.tile_step)
             except TotalSpineSegError as exc:
                 self._failure = exc
                 raise
@@ -66,6 +70,7 @@ class FixedProvider:
         self.models = models
         self.release = models.release
         self.precision = models.precision
+        self.tile_step = models.tile_step
 
     def __call__(self, source: Path) -> Models:
         return self.models

@@ -17,6 +17,7 @@ import numpy as np
 from .. import __version__, volume
 from ..fsutil import StagedWrites
 from ..pipeline import Outputs, SegmentationResult
+from ..runtime import TILE_STEP_DEFAULT
 from . import derivatives as D
 from . import qc
 from .plan import Job
@@ -40,9 +41,11 @@ def json_text(obj) -> str:
     return json.dumps(obj, indent=2) + "\n"
 
 
-def provenance(release: str, sha256: dict, device: str, precision: str = "fp32") -> dict:
+def provenance(release: str, sha256: dict, device: str, precision: str = "fp32",
+               tile_step: float = TILE_STEP_DEFAULT) -> dict:
     return {"SoftwareName": D.APP_NAME, "SoftwareVersion": __version__, "ModelRelease": release,
-            "ModelChecksums": {k: v for k, v in sha256.items() if v}, "Device": device, "Precision": precision}
+            "ModelChecksums": {k: v for k, v in sha256.items() if v}, "Device": device, "Precision": precision,
+            "TileStep": tile_step}
 
 
 def _localizer_meta(job: Job) -> dict:

@@ -30,6 +30,7 @@ from ..console import describe_exception, setup_logging
 from ..errors import SOME_IMAGE_FAILED, CannotCreate, JobError, TotalSpineSegError
 from ..fsutil import StagedWrites, atomic_write
 from ..pipeline import PipelineOptions, SegmentationResult, segment
+from ..runtime import TILE_STEP_DEFAULT
 from . import derivatives as D
 from . import outputs
 from .plan import Job
@@ -55,7 +56,8 @@ class RunContext:
     def fingerprint(self) -> dict:
         """What must match for an earlier output to count as done."""
         return {"step1": self.step1_only, "iso": self.iso, "weights": self.provider.release,
-                "precision": getattr(self.provider, "precision", "fp32")}
+                "precision": getattr(self.provider, "precision", "fp32"),
+                "tile_step": getattr(self.provider, "tile_step", TILE_STEP_DEFAULT)}
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def _check_output_dir(ctx: RunContext) -> None:
 def _segment_and_write(ctx: RunContext, job: Job, cache: dict, committed: list[Path]) -> ImageRecord:
     t0 = time.perf_counter()
     source, models, result = _segment(ctx, job, cache)
-    prov = outputs.provenance(result.release, models.sha256, result.device, result.precision)
+    prov = outputs.provenance(result.release, models.sha256, result.device, result.precision, result.tile_step)
     _check_output_dir(ctx)
     try:
         with StagedWrites() as staged:

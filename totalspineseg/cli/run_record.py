@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import __version__
 from ..fsutil import atomic_write
+from ..runtime import TILE_STEP_DEFAULT
 
 log = logging.getLogger("totalspineseg")
 
@@ -26,7 +27,7 @@ RECORD_FOLDER = "logs"
 OPTION_NAMES = {
     "step1": "--step1", "iso": "--iso", "localizer": "--loc", "folders": "--keep-only/--keep-intermediate",
     "disc_completion": "--no-disc-completion", "weights": "--weights", "precision": "--precision",
-    "version": "the totalspineseg version",
+    "tile_step": "--tile-step", "version": "the totalspineseg version",
 }
 
 
@@ -43,13 +44,14 @@ def _file_identity(path: Path | None) -> str | None:
 
 
 def image_options(args: Any, folders: tuple[str, ...], localizer: Path | None, release: str,
-                  sha256: dict[str, str], precision: str = "fp32") -> dict[str, Any]:
+                  sha256: dict[str, str], precision: str = "fp32",
+                  tile_step: float = TILE_STEP_DEFAULT) -> dict[str, Any]:
     """The options that change what is written for one image."""
     return {
         "step1": bool(args.step1), "iso": bool(args.iso), "localizer": _file_identity(localizer),
         "folders": sorted(folders), "disc_completion": not args.no_disc_completion,
         "weights": {"release": release, "sha256": dict(sorted(sha256.items()))}, "precision": precision,
-        "version": __version__,
+        "tile_step": tile_step, "version": __version__,
     }
 
 

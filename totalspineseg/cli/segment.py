@@ -17,7 +17,7 @@ from ..console import ArgumentParser, add_logging_options, describe_exception, r
 from ..errors import SOME_IMAGE_FAILED, CannotCreate, InputError, MissingInput, TotalSpineSegError
 from ..fsutil import StagedWrites, folder_write_problem, sweep_stale_temps
 from ..pipeline import Models, PipelineOptions, SegmentationResult, segment
-from ..runtime import PRECISIONS
+from ..runtime import PRECISIONS, TILE_STEP_DEFAULT, TILE_STEP_HELP, parse_tile_step
 from ..scratch import prepare_scratch
 from .run_record import RunRecord, image_options, read_record, record_path, why_redo, write_record
 
@@ -89,6 +89,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="of the network forward passes: auto (default) = bf16 on a CPU with native bf16 (AMX or "
                         "AVX512-BF16), fp16 on CUDA (nnU-Net's autocast), else fp32")
+    p.add_argument("--tile-step", type=parse_tile_step, default=TILE_STEP_DEFAULT, metavar="STEP",
+                   help=TILE_STEP_HELP)
     p.add_argument("--max-workers", "-w", type=int, default=None, metavar="N",
                    help="CPU threads for the networks (default: SLURM/OMP settings, else all allowed CPUs)."
                         " Images run one after the other in one process: no worker pools")
@@ -248,8 +250,9 @@ def load_models(args):
     if paths.release == "demo":
         log.warning("using the DEMO model: trained on synthetic phantoms only, not for real scans")
     models = Models.load(paths, device=args.device, threads=args.max_workers, step1_only=args.step1,
-                         precision=args.precision)
-    log.info("networks: %s on %s, %s", paths.release, models.device, models.precision)
+                         precision=args.precision, tile_step=args.tile_step)
+    log.info("networks: %s on %s, %s, tile step %g", paths.release, models.device, models.precision,
+             models.tile_step)
     return models
 
 
@@ -272,7 +275,8 @@ def process_all(args: argparse.Namespace, models: Models | None = None) -> int:
             loc = find_localizer(args.loc, name, args.suffix, args.loc_suffix)
             if args.loc is not None and loc is None:
                 log.warning("%s: no localizer matches this image; numbering uses its own landmarks", path)
-            wanted = image_options(args, plan.folders, loc, models.release, models.sha256, models.precision)
+            wanted = image_options(args, plan.folders, loc, models.release, models.sha256, models.precision,
+                                   models.tile_step)
             reason = None if args.overwrite else why_redo(args.output, name, wanted, expected_outputs(
                 args.output, name, plan))
             if not args.overwrite and reason is None:
@@ -317,7 +321,8 @@ def _process_one(path: Path, name: str, loc: Path | None, models: Models, option
     record = RunRecord(wanted, tuple(p.relative_to(args.output).as_posix() for p in new))
     timings = {k: round(v, 3) for k, v in result.timings.items()}
     write_record(args.output, name, record, {"source": str(path), "warnings": result.warnings, "timings": timings,
-                                             "device": result.device, "precision": result.precision})
+                                             "device": result.device, "precision": result.precision,
+                                             "tile_step": result.tile_step})
     log.info("%s done in %.1f s (%s)", path.name, time.perf_counter() - t0,
              ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
 
