@@ -236,6 +236,54 @@ def test_same_result_as_nnunet_predicting_the_nifti_files(request, tmp_path, mod
         np.testing.assert_array_equal(ours.probabilities[label], nnunet_to_ras_axes(reference_probabilities[head]))
 
 
+# --- what stays on the device (CUDA); the same code runs on CPU tensors here -------------------------------------
+
+@pytest.mark.parametrize("model, n_channels, wanted, spacing", [
+    ("resenc", 1, [8, 9], (1.0, 1.0, 1.0)),  # regions, probabilities asked for
+    ("resenc", 1, False, (1.0, 1.0, 1.0)),   # regions, labels only
+    ("step2", 2, True, (1.0, 1.0, 1.0)),     # two channels, every region
+    ("softmax", 1, [0, 1, 2], (1.0, 1.0, 1.0)),  # softmax: argmax of the probabilities, background 1 outside the crop
+    ("softmax", 1, False, (1.0, 1.0, 1.0)),  # softmax: argmax of the logits
+    ("plain", 1, [9], (1.25, 0.8, 1.5)),     # spacing differs from the plans: nnU-Net's CPU export is used
+])
+def test_outputs_computed_where_the_logits_are_equal_nnunets_export(request, monkeypatch, model, n_channels, wanted,
+                                                                    spacing):
+    model_ = load_model(request.getfixturevalue(f"{model}_folder"), device="cpu", threads=1)
+    assert model_.outputs_on_device is False  # on the CPU, nnU-Net's own export
+    image = make_image((40, 52, 36), n_channels=n_channels, n_labels=9, seed=7, zero_margin=5)  # cropped by nnU-Net
+    reference = model_.predict(image, spacing=spacing, return_probabilities=wanted)
+
+    model_.outputs_on_device = True  # what a CUDA model does
+    resampled = model != "plain"
+    unused = "_outputs_by_nnunet" if resampled else "_outputs_on_device"
+    monkeypatch.setattr(model_, unused, lambda *a: pytest.fail(f"{unused} used"))
+    new = model_.predict(image, spacing=spacing, return_probabilities=wanted)
+
+    np.testing.assert_array_equal(new.labels, reference.labels)
+    assert new.labels.dtype == np.uint8 and new.labels.flags.c_contiguous
+    assert (new.probabilities is None) == (reference.probabilities is None)
+    for label, probability in (reference.probabilities or {}).items():
+        assert new.probabilities[label].dtype == np.float32 and new.probabilities[label].flags.c_contiguous
+        np.testing.assert_array_equal(new.probabilities[label], probability)
+    assert len(np.unique(reference.labels)) > 1 and not reference.labels[:5].any()
+
+
+def test_the_gaussian_map_is_computed_once_per_patch_size(resenc_folder, softmax_folder):
+    # nnU-Net caches compute_gaussian (lru_cache, key: patch, sigma, scaling, dtype, device); nothing here may
+    # clear that cache between images (nnU-Net's own file loops do)
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    first = load_model(resenc_folder, device="cpu", threads=1)
+    second = load_model(softmax_folder, device="cpu", threads=1)
+    assert first.configuration_manager.patch_size != second.configuration_manager.patch_size
+    compute_gaussian.cache_clear()
+    for _ in range(2):
+        for model in (first, second):
+            model.predict(make_image((40, 52, 60), seed=8))
+    info = compute_gaussian.cache_info()
+    assert info.misses == 2 and info.hits == 2
+
+
 # --- no trainer, no timm, nothing written ---------------------------------------------------------------------------
 
 def test_nnunet_prints_reach_the_log_when_nnunet_fails(resenc_folder, monkeypatch, caplog, capsys):

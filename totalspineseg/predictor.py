@@ -214,6 +214,8 @@ class LoadedModel:
         self.device = device
         self.threads = threads
         self.precision = precision  # "fp32", "bf16" or "fp16" (see runtime.resolve_precision)
+        # labels and probability maps computed where the logits are (CUDA) instead of nnU-Net's CPU export
+        self.outputs_on_device = device.type == "cuda"
         self.plans_manager = PlansManager(folder.plans)
         self.configuration_manager = self.plans_manager.get_configuration(configuration)
         with nnunet_output():
@@ -270,7 +272,6 @@ class LoadedModel:
         ``return_probabilities``: True for every label, or a list of label values, or False for none.
         """
         import torch
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
         data, properties = self._to_nnunet(image_channels, spacing, affine)
         wanted = self._wanted_labels(return_probabilities)
@@ -281,18 +282,70 @@ class LoadedModel:
             data, None, properties, self.plans_manager, self.configuration_manager, self.folder.dataset_json)
         self._predictor.allow_tqdm = progress
         with self._autocast():
-            logits = self._predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+            if self.outputs_on_device:  # the logits stay where the sliding window accumulated them
+                logits = self._predictor.predict_sliding_window_return_logits(torch.from_numpy(data))
+            else:
+                logits = self._predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
         del data
+        if self.outputs_on_device and _no_resampling(logits, properties):
+            segmentation, maps = self._outputs_on_device(logits, properties, wanted)
+        else:
+            segmentation, maps = self._outputs_by_nnunet(logits.cpu(), properties, wanted)
+        del logits
+        return Prediction(labels=nnunet_to_ras_axes(segmentation).astype(np.uint8, copy=False), probabilities=maps)
+
+    def _outputs_by_nnunet(self, logits: torch.Tensor, properties: dict,
+                           wanted: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
+        """nnU-Net's own export on the CPU: logits back to the input's spacing, nonlinearity, labels, crop undone."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
         result = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.plans_manager, self.configuration_manager, self.label_manager, properties,
             return_probabilities=bool(wanted), num_threads_torch=self.threads)
-        del logits
         if not wanted:
-            return Prediction(labels=nnunet_to_ras_axes(result).astype(np.uint8, copy=False))
+            return result, None
         segmentation, probabilities = result
         del result
-        return Prediction(labels=nnunet_to_ras_axes(segmentation).astype(np.uint8, copy=False),
-                          probabilities=self._probability_maps(probabilities, wanted))
+        return segmentation, self._probability_maps(probabilities, wanted)
+
+    def _outputs_on_device(self, logits: torch.Tensor, properties: dict,
+                           wanted: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
+        """The same computation as `_outputs_by_nnunet` where no resampling is needed, on the logits' device.
+
+        nnU-Net's export moves the logits of every head to the CPU first. Here the nonlinearity and the labels
+        (region order or argmax) are computed where the logits are, the same way, and only the uint8 labels and
+        the probability maps asked for cross to the CPU. Where the plans' spacing differs from the image's, nnU-Net
+        resamples the logits with scipy/skimage; a GPU resampling would not give the same numbers, so those cases
+        go through `_outputs_by_nnunet`.
+        """
+        import torch
+        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+        manager = self.label_manager
+        with torch.inference_mode():
+            probabilities = manager.apply_inference_nonlin(logits) if wanted or manager.has_regions else None
+            if manager.has_regions:
+                labels = torch.zeros(logits.shape[1:], dtype=torch.uint8, device=logits.device)
+                for head, value in enumerate(manager.regions_class_order):
+                    labels[probabilities[head] > 0.5] = int(value)
+            else:  # nnU-Net takes the argmax of the probabilities when it returns them, else of the logits
+                labels = (probabilities if wanted else logits).argmax(0).to(torch.uint8)
+            del logits
+            labels = labels.cpu().numpy()
+            maps = None
+            if wanted:
+                heads = self._head_of_label()
+                maps = {label: probabilities[heads[label]].float().cpu().numpy() for label in wanted}
+            del probabilities
+        bbox, shape = properties["bbox_used_for_cropping"], properties["shape_before_cropping"]
+        backward = self.plans_manager.transpose_backward
+        segmentation = insert_crop_into_image(np.zeros(shape, dtype=np.uint8), labels, bbox).transpose(backward)
+        if maps is not None:
+            background = {int(v) for v in manager.all_labels[:1]} if not manager.has_regions else set()
+            maps = {label: nnunet_to_ras_axes(insert_crop_into_image(
+                np.full(shape, 1.0 if label in background else 0.0, dtype=np.float32), m, bbox).transpose(backward))
+                for label, m in maps.items()}
+        return segmentation, maps
 
     def _to_nnunet(self, image_channels: np.ndarray, spacing: Sequence[float] | None,
                    affine: np.ndarray | None) -> tuple[np.ndarray, dict]:
@@ -436,6 +489,11 @@ def _locate_architecture(class_name: str, folder: ModelFolder) -> str:
         if pydoc.locate(f"{module}.{short_name}") is not None:
             return f"{module}.{short_name}"
     raise WeightsError(f"{folder.path / PLANS_JSON}: network class {class_name!r} not found")
+
+
+def _no_resampling(logits: torch.Tensor, properties: dict) -> bool:
+    """Whether nnU-Net's export would leave the logits as they are (the plans' spacing is the image's)."""
+    return tuple(logits.shape[1:]) == tuple(int(n) for n in properties["shape_after_cropping_and_before_resampling"])
 
 
 def _spacing(spacing: Sequence[float] | None, affine: np.ndarray | None) -> tuple[float, ...]:
