@@ -3,8 +3,8 @@
 * 12 held-out phantoms (seeds never used in training; every field of view, three orientations, both contrasts,
   one with an L6; thoracic-only views numbered through their localizer): discs and vertebrae identified
   (targets: >= 95 %) and mean Dice over every present label (target: >= 0.85).
-* With --real: the public real scans of ../shared/data/real, reported only (the demo model has never seen real
-  anatomy).
+* With --real: the public real scans of ../shared/data/real, scored by benchmarks/eval_real.py's functions
+  (reported only: the demo model has never seen real anatomy). `eval_real.py` itself compares several models.
 
     .venv/bin/python benchmarks/eval_demo.py [--weights demo] [--real] [--no-disc-completion] [--json FILE]
 
@@ -16,34 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import eval_real  # noqa: E402
 
 from totalspineseg import labels as L  # noqa: E402
-from totalspineseg import volume, weights  # noqa: E402
-from totalspineseg.errors import TotalSpineSegError  # noqa: E402
-from totalspineseg.pipeline import Models, PipelineOptions, segment  # noqa: E402
-from totalspineseg.training import demo_recipe, metrics  # noqa: E402
+from totalspineseg import weights  # noqa: E402
+from totalspineseg.pipeline import Models, PipelineOptions  # noqa: E402
+from totalspineseg.training import demo_recipe  # noqa: E402
 
-REAL = ROOT.parent / "shared" / "data" / "real"
-# (scan, ground truth, how to read the ground truth): "cord" = binary cord mask, "ivd" = discs 1 = L5-S ... 5 = L1-L2.
-REAL_SCANS = (
-    ("sct_testing_data/t2/t2.nii.gz", "sct_testing_data/t2/t2_seg-manual.nii.gz", "cord"),
-    ("spinalcordtoolbox_git_history/scripts/sct_example_data/t2/t2.nii.gz",
-     "spinalcordtoolbox_git_history/scripts/sct_example_data/t2/t2_seg.nii.gz", "cord"),
-    ("sct_tutorial_data/single_subject/data/t2_lumbar/t2_lumbar.nii.gz", None, None),
-    ("fastcleverseg/IVD_11_I.nii.gz", "fastcleverseg/IVD_11_GT.nii.gz", "ivd"),
-    ("fastcleverseg/IVD_20_I.nii.gz", "fastcleverseg/IVD_20_GT.nii.gz", "ivd"),
-    ("fastcleverseg/IVD_25_I.nii.gz", "fastcleverseg/IVD_25_GT.nii.gz", "ivd"),
-    ("TPTBox/TPTBox/tests/sample_mri/sub-mri_label-6_T2w.nii.gz", None, None),
-    ("TotalSegmentator/tests/reference_files/example_mr_sm.nii.gz", None, None),
-)
-IVD_TO_FINAL = {1: L.DISC_L5_S, 2: 95, 3: 94, 4: 93, 5: 92}
+REAL = eval_real.REAL
+#: (scan, ground truth, kind) of the old --real mode, kept for benchmarks/bench_precision.py: use eval_real.SCANS.
+REAL_SCANS = tuple((scan.image, None, None) for scan in eval_real.SCANS)
 
 
 def phantom_table(scores: list[demo_recipe.CaseScore]) -> str:
@@ -85,59 +75,6 @@ def run_phantoms(models: Models, options: PipelineOptions) -> tuple[list[demo_re
     return scores, demo_recipe.summarize(scores)
 
 
-def describe(seg: np.ndarray) -> str:
-    present = metrics.present_labels(seg)
-    numbered = [L.FINAL[v].short for v in present if v in L.VERTEBRAE_POSSIBLE]
-    discs = [v for v in present if L.FINAL.get(v) and L.FINAL[v].kind == "disc"]
-    span = f" ({numbered[0]}..{numbered[-1]})" if numbered else ""
-    unnumbered = " + unnumbered ones" if L.VERTEBRA_UNNUMBERED in present else ""
-    return (f"{len(numbered)} numbered vertebrae{span}{unnumbered}, {len(discs)} disc labels, "
-            f"cord {'yes' if L.CORD in present else 'no'}")
-
-
-def score_real(seg: np.ndarray, truth_path: Path | None, kind: str | None) -> str:
-    if truth_path is None:
-        return ""
-    truth = volume.load_volume(truth_path).data
-    if kind == "cord":
-        cord = metrics.dice_per_label((seg == L.CORD).astype(np.uint8), (truth > 0.5).astype(np.uint8), [1])
-        return f"cord Dice {cord.get(1, 0.0):.2f}"
-    final = np.zeros(truth.shape, np.uint8)
-    for ivd, disc in IVD_TO_FINAL.items():
-        final[np.rint(truth) == ivd] = disc
-    rate, failures = metrics.identification_rate(seg, final, kinds=("disc",))
-    binary = metrics.dice_per_label(np.isin(seg, L.DISCS_POSSIBLE).astype(np.uint8), (final > 0).astype(np.uint8), [1])
-    return f"discs L1-L2..L5-S: {rate:.0%} numbered right, disc Dice (any label) {binary.get(1, 0.0):.2f}"
-
-
-def run_real(models: Models, root: Path) -> list[dict]:
-    rows = []
-    for scan, truth, kind in REAL_SCANS:
-        path = root / scan
-        if not path.is_file():
-            continue
-        start = time.perf_counter()
-        try:
-            result = segment(path, models, None, PipelineOptions(progress=False))
-            seg = result.final.step2
-            truth_path = root / truth if truth else None
-            row = {"scan": scan, "found": describe(seg), "score": score_real(seg, truth_path, kind),
-                   "warnings": len(result.warnings)}
-        except (TotalSpineSegError, ValueError) as exc:
-            row = {"scan": scan, "found": f"failed: {exc}".replace(str(root) + "/", ""), "score": "", "warnings": 0}
-        row["seconds"] = round(time.perf_counter() - start, 1)
-        rows.append(row)
-        print(f"  {scan}: {row['found']} {row['score']}", file=sys.stderr, flush=True)
-    return rows
-
-
-def real_table(rows: list[dict]) -> str:
-    lines = ["| scan | what the demo model labels | score vs. manual labels | warnings | time (s) |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['scan']} | {r['found']} | {r['score']} | {r['warnings']} | {r['seconds']} |" for r in rows]
-    return "\n".join(lines)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default="demo", help="demo (default) or a model folder")
@@ -168,10 +105,11 @@ def main() -> int:
         if not REAL.is_dir():
             print(f"\n(real scans skipped: {REAL} is absent)")
         else:
-            rows = run_real(models, REAL)
-            report["real"] = rows
-            print("\n## Demo model on real scans (reported only)\n")
-            print(real_table(rows))
+            scans = [s for s in eval_real.SCANS if (REAL / s.image).is_file()]
+            results, summary = eval_real.evaluate(models, scans, REAL, args.weights)
+            report["real"] = {"results": [r.to_dict() for r in results], "summary": summary}
+            print(f"\n## Real scans (`eval_real.py`; {eval_real.NOTE})\n")
+            print(eval_real.markdown_table([args.weights], [results], [summary]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     return 0
