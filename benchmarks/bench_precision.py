@@ -23,62 +23,37 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from agreement import agreement, forward_seconds, set_model_option  # noqa: E402
 
 from totalspineseg import volume, weights  # noqa: E402
 from totalspineseg.errors import TotalSpineSegError  # noqa: E402
 from totalspineseg.pipeline import Models, PipelineOptions, segment  # noqa: E402
 from totalspineseg.runtime import cpu_has_native_bf16  # noqa: E402
 from totalspineseg.synth import phantom  # noqa: E402
-from totalspineseg.training import demo_recipe, metrics  # noqa: E402
+from totalspineseg.training import demo_recipe  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "real"
 
 
-def set_precision(models: Models, precision: str) -> None:
-    for model in (models.step1, models.step2):
-        if model is not None:
-            model.precision = precision
-    models.precision = precision
-
-
 def run(models: Models, image: volume.Volume, localizer) -> tuple:
     result = segment(image, models, localizer, PipelineOptions(progress=False))
-    forward = result.timings.get("step1_forward", 0.0) + result.timings.get("step2_forward", 0.0)
-    return result, forward
-
-
-def crop_shift(a, b) -> float:
-    if a.crop_grid is None or b.crop_grid is None:
-        return 0.0 if a.crop_grid is b.crop_grid else float("inf")
-    corner = np.abs(a.crop_grid.affine[:3, 3] - b.crop_grid.affine[:3, 3]).max()  # 1 mm voxels
-    size = np.abs(np.subtract(a.crop_grid.shape, b.crop_grid.shape)).max()
-    return float(max(corner, size))
+    return result, forward_seconds(result)
 
 
 def compare(name: str, models: Models, image: volume.Volume, loc_image: volume.Volume | None, precision: str) -> dict:
-    row = {"image": name}
     outputs = {}
     for p in ("fp32", precision):
-        set_precision(models, p)
+        set_model_option(models, "precision", p)
         localizer = None
         if loc_image is not None:
             loc_result, _ = run(models, loc_image, None)
             localizer = volume.Volume(loc_result.final.step2, loc_image.affine)
         outputs[p] = run(models, image, localizer)
     (ref, t_ref), (new, t_new) = outputs["fp32"], outputs[precision]
-    seg_ref, seg_new = ref.final.step2, new.final.step2
-    labels_ref, labels_new = metrics.present_labels(seg_ref), metrics.present_labels(seg_new)
-    dice = metrics.dice_per_label(seg_new, seg_ref, labels_ref)
-    worst = min(dice, key=dice.get) if dice else None
-    row.update(same_numbering=labels_ref == labels_new, min_dice=round(dice[worst], 4) if worst else 1.0,
-               worst_label=worst, crop_shift_voxels=crop_shift(ref, new), forward_fp32_s=round(t_ref, 2),
-               forward_s=round(t_new, 2))
-    row["passes"] = row["same_numbering"] and row["min_dice"] >= 0.99 and row["crop_shift_voxels"] <= 1
-    return row
+    return {"image": name, **agreement(ref, new), "forward_fp32_s": round(t_ref, 2), "forward_s": round(t_new, 2)}
 
 
 def cases(real: bool, fovs: list[str] | None):
