@@ -36,6 +36,17 @@ def build_weights(root: Path, dataset_shape) -> Path:
     return root
 
 
+def write_deliverables(result, folder: Path, name: str) -> float:
+    """Write every deliverable and the previews as the CLI does (staged, then renamed); the seconds it took."""
+    from totalspineseg.cli.segment import DELIVERABLES, Plan, write_outputs
+    from totalspineseg.fsutil import StagedWrites
+
+    start = time.perf_counter()
+    with StagedWrites() as staged:
+        write_outputs(result, folder, name, Plan(tuple(DELIVERABLES) + ("preview",)), staged)
+    return time.perf_counter() - start
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -46,7 +57,6 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from totalspineseg import weights
-    from totalspineseg.cli.segment import DELIVERABLES, Plan, write_outputs
     from totalspineseg.pipeline import Models, PipelineOptions, segment
     from totalspineseg.synth import phantom
     from totalspineseg.volume import save_nifti
@@ -59,10 +69,7 @@ def main(argv=None) -> None:
     models = Models.load(weights.resolve_model(str(root)), device=args.device, threads=args.threads)
     t_models = time.perf_counter() - t0
     result = segment(image, models, options=PipelineOptions())
-    t0 = time.perf_counter()
-    plan = Plan(tuple(DELIVERABLES) + ("preview",))
-    write_outputs(result, args.out / "outputs", "whole_T2w", plan)
-    t_write = time.perf_counter() - t0
+    t_write = write_deliverables(result, args.out / "outputs", "whole_T2w")
 
     stages = dict(result.timings)
     labeling = stages.pop("step1_labeling", 0.0) + stages.pop("step2_labeling", 0.0)
