@@ -5,7 +5,8 @@ the pipeline runs with the reference step, then the other step, then the referen
 a machine whose load changes during the run shows it as a difference between the two A runs, and the speed ratio
 uses their mean. Reported per image:
 
-* network forward calls (tiles) of both steps together, per step size;
+* network forward calls (tiles) of both steps together, per step size, and the time spent inside the network
+  calls (the rest of a "forward" stage is nnU-Net's preprocessing, resampling and export);
 * the time of the two forward passes and of the whole `pipeline.segment` call, and the CPU time of that call
   (the process's, all threads: on a machine shared with other jobs it moves less than the wall time);
 * agreement of B with the first A (`agreement.py`: same numbering, Dice per structure min/mean, crop box);
@@ -42,19 +43,25 @@ DEFAULT_SEEDS = (10001, 10004, 10010)  # whole spine RAS 1 mm; cervical PSR 0.9x
 
 
 class TileCounter:
-    """Counts the forward calls (one per sliding-window tile) of the networks of a `Models`."""
+    """Counts the forward calls (one per sliding-window tile) of the networks of a `Models`, and their time."""
 
     def __init__(self, models: Models):
-        self.calls = 0
-        self._hooks = [m._predictor.network.register_forward_pre_hook(self._count)
-                       for m in (models.step1, models.step2) if m is not None]
+        self.calls, self.seconds, self._start = 0, 0.0, 0.0
+        networks = [m._predictor.network for m in (models.step1, models.step2) if m is not None]
+        self._hooks = [n.register_forward_pre_hook(self._before) for n in networks]
+        self._hooks += [n.register_forward_hook(self._after) for n in networks]
 
-    def _count(self, module, inputs) -> None:
+    def _before(self, module, inputs) -> None:
         self.calls += int(inputs[0].shape[0])
+        self._start = time.perf_counter()
 
-    def take(self) -> int:
-        calls, self.calls = self.calls, 0
-        return calls
+    def _after(self, module, inputs, output) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+    def take(self) -> tuple[int, float]:
+        taken = (self.calls, self.seconds)
+        self.calls, self.seconds = 0, 0.0
+        return taken
 
 
 def timed_run(models: Models, image: volume.Volume, tile_step: float, counter: TileCounter) -> dict:
@@ -62,7 +69,8 @@ def timed_run(models: Models, image: volume.Volume, tile_step: float, counter: T
     counter.take()
     start, cpu = time.perf_counter(), time.process_time()
     result = segment(image, models, None, PipelineOptions(progress=False))
-    return {"result": result, "tiles": counter.take(), "forward_s": forward_seconds(result),
+    tiles, network_s = counter.take()
+    return {"result": result, "tiles": tiles, "network_s": network_s, "forward_s": forward_seconds(result),
             "segment_s": time.perf_counter() - start, "segment_cpu_s": time.process_time() - cpu}
 
 
@@ -82,7 +90,9 @@ def compare(spec, models: Models, step: float, counter: TileCounter) -> dict:
         "forward_speedup": round(forward_a / max(b["forward_s"], 1e-9), 2),
         "segment_speedup": round(segment_a / max(b["segment_s"], 1e-9), 2),
         "segment_cpu_ref_s": [round(a1["segment_cpu_s"], 2), round(a2["segment_cpu_s"], 2)],
-        "segment_cpu_s": round(b["segment_cpu_s"], 2), "cpu_speedup": round(cpu_a / max(b["segment_cpu_s"], 1e-9), 2),
+        "segment_cpu_s": round(b["segment_cpu_s"], 2),
+        "cpu_speedup": round(cpu_a / max(b["segment_cpu_s"], 1e-9), 2),
+        "network_ref_s": [round(a1["network_s"], 2), round(a2["network_s"], 2)], "network_s": round(b["network_s"], 2),
         "reference_repeats_exactly": bool(np.array_equal(a1["result"].final.step2, a2["result"].final.step2)),
         **agreement(a1["result"], b["result"]),
     }
@@ -125,6 +135,12 @@ def main() -> int:
               f"{r['min_dice']:.4f} "
               f"({r['worst_label']}) / {r['mean_dice']:.4f} | {r['crop_shift_voxels']:g} | "
               f"{'yes' if r['passes'] else 'NO'} |")
+    for r in rows:
+        print(f"- {r['image']}: time inside the network calls {r['network_ref_s'][0]:.1f}, "
+              f"{r['network_ref_s'][1]:.1f} s "
+              f"at {TILE_STEP_DEFAULT:g}, {r['network_s']:.1f} s at {args.step:g}, of forward stages "
+              f"{r['forward_ref_s'][0]:.1f}, {r['forward_ref_s'][1]:.1f} / {r['forward_s']:.1f} s; CPU time of "
+              f"segment {r['segment_cpu_ref_s'][0]:.1f}, {r['segment_cpu_ref_s'][1]:.1f} / {r['segment_cpu_s']:.1f} s")
     print(f"\n{sum(r['passes'] for r in rows)}/{len(rows)} pass (same numbering, every Dice >= 0.99, crop box within "
           f"1 voxel); the {TILE_STEP_DEFAULT:g} runs repeated exactly: "
           f"{all(r['reference_repeats_exactly'] for r in rows)}")

@@ -186,8 +186,9 @@ def print_report(env: dict, rows: list[dict], args) -> None:
     print("| first run total (start-up included) | " + " | ".join(
         f"{r['first_run_stages_s']['total']:.2f}" for r in timed) + " |")
     for r in rows:
+        memory = f"{r['gpu_peak_memory_gb']} GB" if "gpu_peak_memory_gb" in r else "no GPU"
         print(f"\n{r['models']}: repeat identical (labels, crop box): {r.get('repeat_identical')}; "
-              f"GPU peak memory: {r.get('gpu_peak_memory_gb', '-')} GB")
+              f"GPU peak memory: {memory}")
         if "error" in r:
             print(f"  ERROR: {r['error']}")
             continue
