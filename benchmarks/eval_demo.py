@@ -95,7 +95,7 @@ def main() -> int:
         report["phantoms"] = {"summary": summary, "cases": [
             {"case": s.spec.name, "identification_rate": s.identification_rate, "not_identified": s.not_identified,
              "mean_dice": s.mean_dice, "seconds": round(s.seconds, 1), "error": s.error} for s in scores]}
-        print("## Demo model on 12 held-out phantoms\n")
+        print(f"## {args.weights} model on 12 held-out phantoms\n")
         print(phantom_table(scores))
         print(f"\nOverall: {summary['identified']}/{summary['structures']} discs and vertebrae identified "
               f"({summary['identification_rate']:.1%}; target >= 95 %), mean Dice {summary['mean_dice']:.3f} "

@@ -358,14 +358,11 @@ def test_bake_demo_verifies_the_bundled_model(tmp_path):
     assert calls == ["verify --release demo"]
 
 
-def test_bake_lite_fails_clearly_while_the_package_has_no_lite_model(tmp_path):
-    from totalspineseg.weights import RELEASES
-
-    if "lite" in RELEASES:
-        pytest.skip("the package has a lite model now")
+def test_bake_lite_verifies_the_bundled_model(tmp_path):
     proc, calls = bake(tmp_path, "lite")
-    assert proc.returncode != 0 and calls == []
-    assert "no 'lite' model" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert calls == ["verify --release lite"]
+    assert bake(tmp_path / "l", "lite", "", ["a.zip"])[0].returncode != 0  # bundled: no zips to install
 
 
 def test_bake_refuses_weights_it_would_ignore(tmp_path):

@@ -71,9 +71,10 @@ def _add_filters(g) -> None:
 
 
 def _add_processing(g) -> None:
-    g.add_argument("--weights", default="official", metavar="{official,demo,PATH}",
+    g.add_argument("--weights", default="official", metavar="{official,lite,demo,PATH}",
                    help="model weights: the installed official release (default), a release name, the bundled "
-                        "demo model (synthetic data only), or a folder")
+                        "lite model (no download; synthetic images of real anatomy, an early model, not for "
+                        "results: see its model card), the bundled demo model (synthetic data only), or a folder")
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="of the network forward passes: auto (default) = bf16 on a CPU with native bf16 (AMX or "
                         "AVX512-BF16), fp16 on CUDA (nnU-Net's autocast), else fp32")

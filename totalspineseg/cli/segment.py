@@ -80,9 +80,11 @@ def get_parser() -> argparse.ArgumentParser:
                    help="suffix of the localizer files, replacing the image suffix when matching names")
     p.add_argument("--keep-only", "-k", nargs="+", default=[], metavar="FOLDER", choices=ALL_FOLDERS,
                    help="write only these output folders; work for the others is skipped")
-    p.add_argument("--weights", default="official", metavar="{official,demo,PATH}",
-                   help="model weights: the installed official release (default), the bundled demo model"
-                        " (synthetic phantoms only, not for real scans), or a folder")
+    p.add_argument("--weights", default="official", metavar="{official,lite,demo,PATH}",
+                   help="model weights: the installed official release (default); lite, bundled, no download: "
+                        "trained on synthetic images of real spine anatomy, an early model that finds parts of "
+                        "real spines but numbers them unreliably (its model card has the scores), not for "
+                        "results; demo, bundled, synthetic phantoms only, not for real scans; or a folder")
     p.add_argument("--data-dir", "-d", type=Path,
                    help="weights root (default: $TOTALSPINESEG_DATA, then the user cache)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
@@ -249,6 +251,9 @@ def load_models(args):
     paths = weights.resolve_model(args.weights, data_dir=args.data_dir)
     if paths.release == "demo":
         log.warning("using the DEMO model: trained on synthetic phantoms only, not for real scans")
+    elif paths.release == "lite":
+        log.warning("using the LITE model: an early bundled model, not for results; see %s",
+                    weights.RELEASES["lite"].bundled / "MODEL_CARD.md")
     models = Models.load(paths, device=args.device, threads=args.max_workers, step1_only=args.step1,
                          precision=args.precision, tile_step=args.tile_step)
     log.info("networks: %s on %s, %s, tile step %g", paths.release, models.device, models.precision,

@@ -1,0 +1,42 @@
+"""The bundled lite model: in the package, never chosen silently, under its size limit, and no regression on a real
+scan (floors well under the scores in its model card, so that noise does not fail the test)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from totalspineseg import weights
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SIZE_LIMIT_MB = 30
+
+
+def test_lite_is_bundled_small_and_resolved_only_by_name(tmp_path, monkeypatch):
+    paths = weights.resolve_model("lite")
+    assert paths.release == "lite"
+    folder = weights.RELEASES["lite"].bundled
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size < SIZE_LIMIT_MB * 1e6
+    assert (folder / "MODEL_CARD.md").is_file()
+    monkeypatch.setenv("TOTALSPINESEG_DATA", str(tmp_path))
+    with pytest.raises(weights.WeightsError, match="install"):
+        weights.resolve_model("official")  # no fallback to a bundled model
+
+
+@pytest.mark.slow
+def test_lite_on_a_real_cervical_scan(real_data):
+    pytest.importorskip("nnunetv2")
+    sys.path.insert(0, str(BENCHMARKS))
+    import eval_real
+
+    _, models = eval_real.load_models("lite", device="cpu")
+    scan = eval_real.SCANS_BY_NAME["errsm_21/t2"]
+    result = eval_real.evaluate_scan(scan, models, real_data)
+    assert result.error is None
+    # The model card's score on this scan is 0.74 (the demo model: 0.00). Levels are not right yet on any real
+    # scan, so there is no floor for them; raise this test with the model.
+    assert result.cord[eval_real.CORD_SAGITTAL_T2] >= CORD_FLOOR
+
+
+CORD_FLOOR = 0.5
