@@ -78,7 +78,7 @@ def build_composite(lib: Library, rng: np.random.Generator, extra_lumbar: bool =
             mean = _DISC_MM[region] * person
             gap = rng.uniform(0.5, 2.0) if disc == missing_disc else mean * float(rng.uniform(0.6, 1.45))
             top = spans[sequence[i - 1]][1] + 1 + gap
-        _paste(canvas, piece, v if chosen[v].label == v else v, centre, int(round(top)))
+        _paste(canvas, piece, v, centre, int(round(top)))  # an L6 piece is an L5/L4 shape, painted as L6
         spans[v] = (float(round(top)), float(round(top)) + piece.height - 1)
     used = int(spans[L.SACRUM][0] + chosen[L.SACRUM].mask.shape[2] * person + _BOTTOM_MM)
     canvas = canvas[:, :, :min(used, canvas.shape[2])]

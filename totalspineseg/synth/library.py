@@ -180,11 +180,13 @@ def _pam50(root: Path) -> tuple[list[Piece], CanalProfile]:
     big = [int(b) for b in np.unique(comps) if b]
     s_mid = ndimage.center_of_mass(spine, comps, big)
     ordered = [int(b) for _, b in sorted(zip((c[2] for c in s_mid), big, strict=True))]
+    axes = _canal_half_axes(canal)  # one canal size for every template piece
     pieces, body_mid = [], {}
     for label, comp in zip(_PAM50_KEEP, ordered, strict=False):
-        piece = _make_piece(comps == comp, label, "PAM50", centre, _half_axes_at(canal, centre))
+        bone = comps == comp
+        piece = _make_piece(bone, label, "PAM50", centre, axes)
         pieces.append(piece)
-        body_mid[label] = _piece_offset(piece, comps == comp) + (piece.body[0] + piece.body[1]) / 2
+        body_mid[label] = _first_slice(bone) + (piece.body[0] + piece.body[1]) / 2
     return pieces, CanalProfile(canal, cord, centre, body_mid)
 
 
@@ -210,16 +212,16 @@ def _profile_centre(canal: np.ndarray) -> tuple[int, int]:
     return int(round(cu)), int(round(cv))
 
 
-def _half_axes_at(canal: np.ndarray, centre) -> tuple[float, float]:
+def _canal_half_axes(canal: np.ndarray) -> tuple[float, float]:
     u = canal.any(axis=(1, 2)).sum() / 2
     v = np.median([np.ptp(np.nonzero(canal[:, :, k].any(0))[0]) + 1 for k in range(canal.shape[2])
                    if canal[:, :, k].any()]) / 2
     return float(min(u, 14.0)), float(v)
 
 
-def _piece_offset(piece: Piece, full_mask: np.ndarray) -> int:
-    """s index in the full volume of the piece's first slice."""
-    return int(np.nonzero(full_mask.any(axis=(0, 1)))[0][0])
+def _first_slice(mask: np.ndarray) -> int:
+    """s index of the first slice that holds the mask (where `_make_piece` starts its crop)."""
+    return int(np.nonzero(mask.any(axis=(0, 1)))[0][0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,10 +311,11 @@ def _straighten(labels, affine, cl: Centreline, half_u: int, v_range: tuple[int,
 
 def _foramen(mask: np.ndarray) -> tuple[tuple[int, int] | None, tuple[float, float]]:
     """Centre (u, v index) and half-axes of the vertebral foramen: the hole of the bony ring, slice by slice."""
-    centres, axes = [], []
+    struct = ndimage.generate_binary_structure(2, 1)
+    slices = np.nonzero(mask.any(axis=(0, 1)))[0]
     for radius in (0, 1, 2, 3):
-        struct = ndimage.generate_binary_structure(2, 1)
-        for k in np.nonzero(mask.any(axis=(0, 1)))[0]:
+        centres, axes = [], []
+        for k in slices:
             ring = mask[:, :, k]
             if radius:
                 ring = ndimage.binary_closing(ring, struct, iterations=radius)
@@ -326,13 +329,11 @@ def _foramen(mask: np.ndarray) -> tuple[tuple[int, int] | None, tuple[float, flo
                 continue
             pts = np.argwhere(comps == best + 1)
             centres.append(pts.mean(axis=0))
-            axes.append((np.ptp(pts[:, 0]) + 1) / 2 + radius)
-            axes[-1] = (axes[-1], (np.ptp(pts[:, 1]) + 1) / 2 + radius)
+            axes.append((np.ptp(pts, axis=0) + 1) / 2 + radius)
         if len(centres) >= 3:
             c = np.median(np.array(centres), axis=0)
             a = np.median(np.array(axes), axis=0)
             return (int(round(c[0])), int(round(c[1]))), (float(a[0]), float(a[1]))
-        centres, axes = [], []
     return None, (0.0, 0.0)
 
 

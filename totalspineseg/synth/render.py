@@ -19,7 +19,7 @@ from ..volume import save_nifti
 from .anatomy import Anatomy
 from .shapes import Tissue
 
-__all__ = ["CONTRASTS", "Volume3D", "render", "check_contrast", "spine_coords", "upsample", "lattice_steps"]
+__all__ = ["CONTRASTS", "Volume3D", "render", "check_contrast", "spine_coords", "upsample"]
 
 CONTRASTS = ("T2w", "T1w")
 
@@ -89,11 +89,6 @@ def spine_coords(centreline, shape, affine, displace=None) -> tuple[np.ndarray, 
     if displace is not None:
         coarse = [c + d for c, d in zip(coarse, displace(coarse_shape), strict=True)]
     return tuple(upsample(c, steps, shape) for c in coarse)
-
-
-def lattice_steps(affine) -> list[int]:
-    """Voxel steps of the ~4 mm lattice that `spine_coords` and `upsample` use."""
-    return [max(1, int(_COARSE_MM // v)) for v in np.linalg.norm(affine[:3, :3], axis=0)]
 
 
 def upsample(coarse: np.ndarray, steps, shape) -> np.ndarray:

@@ -172,12 +172,10 @@ def _smooth_field(shape, rng, cells: int, sd: float) -> np.ndarray:
 
 def sample_composite(comp: Composite, cl: Centreline, shape, affine, rng, elastic_mm: float) -> np.ndarray:
     def displace(coarse_shape):  # about one random vector per 40 mm, on the ~4 mm lattice
-        if elastic_mm <= 0:
-            return [np.zeros(coarse_shape, np.float32)] * 3
         cells = max(2, int(max(coarse_shape) / 10))
         return [_smooth_field(coarse_shape, rng, cells, elastic_mm) for _ in range(3)]
 
-    u, v, s = spine_coords(cl, shape, affine, displace)
+    u, v, s = spine_coords(cl, shape, affine, displace if elastic_mm > 0 else None)
     iu = np.rint(u + comp.centre[0]).astype(np.int32)
     iv = np.rint(v + comp.centre[1]).astype(np.int32)
     is_ = np.rint(s).astype(np.int32)

@@ -71,18 +71,18 @@ _LIBRARY = None
 
 
 def _write_synthetic(raw_dir: Path, index: int, spec: synthseg.SynthSpec) -> str:
-    vol = synthseg.render_synthetic(_LIBRARY, spec)
-    case = training.to_network_grid(volume.Volume(vol.image, vol.affine), volume.Volume(vol.labels, vol.affine),
-                                    SPACING)
-    name = f"lite{index:04d}_{spec.name}"
-    training.write_case(raw_dir, (1, 2), name, case)
-    return name
+    return _write(raw_dir, index, spec.name, synthseg.render_synthetic(_LIBRARY, spec))
 
 
 def _write_phantom(raw_dir: Path, index: int, spec) -> str:
-    ph = spec.render()
-    case = training.to_network_grid(volume.Volume(ph.image, ph.affine), volume.Volume(ph.labels, ph.affine), SPACING)
-    name = f"lite{index:04d}_{spec.name}"
+    return _write(raw_dir, index, spec.name, spec.render())
+
+
+def _write(raw_dir: Path, index: int, spec_name: str, vol) -> str:
+    """One rendered image into both raw datasets, on the network grid."""
+    case = training.to_network_grid(volume.Volume(vol.image, vol.affine), volume.Volume(vol.labels, vol.affine),
+                                    SPACING)
+    name = f"lite{index:04d}_{spec_name}"
     training.write_case(raw_dir, (1, 2), name, case)
     return name
 
