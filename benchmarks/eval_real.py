@@ -263,7 +263,9 @@ def summarize(results: list[ScanResult], scans: list[Scan], counts: dict[str, in
                       "none": counts["landmarks"] - verdicts.count("right") - verdicts.count("wrong"),
                       "n": counts["landmarks"]},
         "discs": {"right": sum(d.right for d in discs), "n": counts["discs"],
-                  "mean_dice": float(np.sum([d.dice for d in discs]) / counts["discs"]) if counts["discs"] else None},
+                  "mean_dice": float(np.sum([d.dice for d in discs]) / counts["discs"]) if counts["discs"] else None,
+                  "mean_dice_found": (float(np.sum([d.dice_found for d in discs]) / counts["discs"])
+                                      if counts["discs"] else None)},
         "bodies": {name: {"bodies": len(b.bodies), "distinct": b.distinct, "one_to_one": b.one_to_one,
                           "split": len(b.split), "missed": len(b.missed), "overlapping": b.overlapping,
                           "mean_containment": b.mean_containment, "lumbar_right": b.lumbar_right,
@@ -288,8 +290,9 @@ def summary_rows(summaries: list[dict]) -> list[tuple[str, list[str]]]:
             f"{m['right']}/{m['n']} (wrong {m['wrong']}, none {m['none']})" for m in (s["landmarks"] for s in summaries)
         ]))
     if any(s["discs"]["n"] for s in summaries):
-        rows.append(("lumbar discs numbered right; mean disc Dice (expected label)", [
-            f"{d['right']}/{d['n']}; {d['mean_dice']:.2f}" for d in (s["discs"] for s in summaries)]))
+        rows.append(("lumbar discs numbered right; mean disc Dice (expected label; covering label, any number)", [
+            f"{d['right']}/{d['n']}; {d['mean_dice']:.2f}; {d['mean_dice_found']:.2f}"
+            for d in (s["discs"] for s in summaries)]))
     for name in sorted({n for s in summaries for n in s["bodies"]}):
         cells = []
         for s in summaries:

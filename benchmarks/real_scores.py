@@ -7,7 +7,8 @@ storage orientation of the arrays does not matter.
 * `cord_dice`: Dice of the cord label against a manual cord mask (float masks thresholded at 0.5).
 * `vertebra_at_point`, `score_landmarks`: level identification at single-voxel points inside the cord
   (SCT numbering 1..7 = C1..C7, 8..19 = T1..T12, 20.. = L1..; `sct_vertebra`).
-* `score_discs`: per manual disc, the predicted disc label covering it most, and the Dice of the expected label.
+* `score_discs`: per manual disc, the predicted disc label covering it most, the Dice of the expected label and
+  the Dice of the covering label (the disc's shape, whatever number it got).
 * `score_bodies`, `body_identity`: manual vertebral bodies (instance ids in any order): counting, splits, merges,
   containment, and the L1-L5 numbering where the level of the bodies can be inferred.
 """
@@ -147,6 +148,7 @@ class DiscScore:
     expected: int  # final disc label
     found: int | None  # the predicted disc label covering most of the manual disc
     dice: float  # of the expected label against the manual disc
+    dice_found: float = 0.0  # of the covering label (`found`): the disc's shape, whatever its number
 
     @property
     def right(self) -> bool:
@@ -167,7 +169,8 @@ def score_discs(seg: np.ndarray, truth: np.ndarray, truth_to_final: dict[int, in
             continue
         covering = coverage(seg, region, DISC_VALUES)
         found = covering[0][0] if covering else None
-        out.append(DiscScore(value, expected, found, dice(seg == expected, region)))
+        shape = dice(seg == found, region) if found is not None else 0.0
+        out.append(DiscScore(value, expected, found, dice(seg == expected, region), shape))
     return out
 
 

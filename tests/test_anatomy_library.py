@@ -137,3 +137,55 @@ def test_drawn_specs_cover_planes_fields_of_view_and_contrasts():
         thin = {"sagittal": "LR", "coronal": "PA", "axial": "IS"}.get(s.plane)
         if thin:
             assert s.orientation[2] in thin  # the slice axis is the third voxel axis
+
+
+def test_sacral_remnant_discs_lie_across_the_sacral_bodies_and_train_as_sacrum(lib):
+    from totalspineseg.synth import composite
+
+    plain = composite.build_composite(lib, np.random.default_rng(9), context=False)
+    assert not (plain.labels == composite.SACRAL_REMNANT).any()
+    comp = composite.build_composite(lib, np.random.default_rng(9), context=False, sacral_remnants=2)
+    remnant = comp.labels == composite.SACRAL_REMNANT
+    s = np.nonzero(remnant.any(axis=(0, 1)))[0]
+    top, bottom = comp.body_span[L.SACRUM]
+    assert top + 15 < s.min() and s.max() < top + 70 and s.max() < bottom  # S1-S2 and S2-S3, inside the sacrum
+    levels = np.unique(s)
+    assert np.diff(levels).max() > 10  # two separate slabs, not one band
+    v = np.nonzero(remnant.any(axis=(0, 2)))[0]
+    assert v.min() > comp.centre[1]  # in front of the canal: the bodies, not the arch
+    # Same bone, same place: only former sacrum voxels changed, and training sees them as sacrum again.
+    changed = comp.labels != plain.labels
+    assert np.isin(plain.labels[changed & remnant], [L.SACRUM]).all()
+    train = composite.context_to_zero(comp.labels)
+    assert not (train == composite.SACRAL_REMNANT).any()
+    assert (train == L.SACRUM).sum() == (comp.labels == L.SACRUM).sum() + remnant.sum()
+
+
+def test_remnants_are_disc_like_in_t2w_intensities():
+    from totalspineseg.synth import composite, synthseg
+
+    lab = np.full((30, 30, 30), L.SACRUM, np.uint8)
+    lab[:, :, 14:17] = composite.SACRAL_REMNANT
+    for seed in range(5):
+        img = synthseg.synth_intensities(lab, np.ones(3), "T2w", np.random.default_rng(seed))
+        remnant, bone = img[8:22, 8:22, 15].mean(), img[8:22, 8:22, 5].mean()
+        assert remnant > bone + 0.1  # a bright band across the sacrum, as S1-S2 is on T2w
+
+
+def test_synthetic_versions_keep_stage_one_draws_and_add_remnants_and_texture():
+    from totalspineseg.synth import synthseg
+
+    # Version 1 draws exactly what lite stage 1 was trained on (recorded from that day's code).
+    assert synthseg.draw_spec(5, version=1) == synthseg.SynthSpec(
+        5, "thoracolumbar", "sagittal", "IAL", (0.85, 0.85, 4.4), 9.5, False, None, "random")
+    v1 = [synthseg.draw_spec(i, version=1) for i in range(300)]
+    v2 = [synthseg.draw_spec(i, version=2) for i in range(300)]
+    assert all(a.sacral_remnants == 0 and a.texture_sd == 0 for a in v1)
+    assert [(a.fov, a.plane, a.voxel) for a in v1] == [(b.fov, b.plane, b.voxel) for b in v2]  # same geometry
+    remnants = np.array([s.sacral_remnants for s in v2])
+    assert 0.75 < (remnants > 0).mean() < 0.95 and set(remnants.tolist()) == {0, 1, 2}
+    assert 0.6 < np.mean([s.texture_sd > 0 for s in v2]) < 0.8
+    t2w = np.mean([s.contrast == "T2w" for s in v2]) - np.mean([s.contrast == "T2w" for s in v1])
+    assert t2w > 0.03  # more T2w-like images in version 2
+    with pytest.raises(ValueError, match="version"):
+        synthseg.draw_spec(1, version=3)

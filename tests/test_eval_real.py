@@ -195,6 +195,8 @@ def test_discs_numbered_right_wrong_missing_and_dice():
     assert scores[0].dice == 1.0
     assert scores[1].dice == pytest.approx(2 * 36 / (36 + 108))
     assert scores[2].dice == pytest.approx(0.0)  # L3-L4's voxels lie on L4-L5's truth: none on its own
+    assert scores[1].dice_found == pytest.approx(2 * 72 / (72 + 108))  # the shape of the covering label (L3-L4)
+    assert scores[2].dice_found == 0.0  # no disc label covers it
     assert [d.text() for d in scores] == ["L5-S right 1.00", "L4-L5 wrong (L3-L4) 0.50", "L3-L4 none 0.00"]
 
 

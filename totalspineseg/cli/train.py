@@ -138,6 +138,9 @@ def _add_lite(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--synthetic", type=int, default=d.n_synth, help="synthetic images (default %(default)s)")
     p.add_argument("--phantoms", type=int, default=d.n_phantoms, help="demo phantoms (default %(default)s)")
+    p.add_argument("--synth-version", type=int, choices=[1, 2], default=d.synth_version,
+                   help="what the synthetic images draw: 1 = lite stage 1's images, 2 = with sacral remnant "
+                        "discs, tissue texture and more T2w-like contrasts (default %(default)s)")
     p.add_argument("--epochs", type=int, nargs=2, default=list(d.epochs), metavar=("STEP1", "STEP2"),
                    help="epochs of this stage (default: %(default)s)")
     p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch)
@@ -224,7 +227,7 @@ def _lite(args) -> int:
     settings = lite_recipe.LiteSettings(n_synth=args.synthetic, n_phantoms=args.phantoms, seed=args.seed,
                                         epochs=tuple(args.epochs), iterations_per_epoch=args.iterations_per_epoch,
                                         processes=args.processes, threads=args.threads, init=init,
-                                        steps=tuple(sorted(set(args.steps))))
+                                        steps=tuple(sorted(set(args.steps))), synth_version=args.synth_version)
     for path in lite_recipe.train_lite(args.out_dir, settings, args.device, args.bundle, progress=not args.quiet):
         print(path)
     return 0

@@ -18,7 +18,7 @@ from scipy import ndimage
 from .. import labels as L
 from .library import Library, Piece
 
-__all__ = ["Composite", "build_composite", "add_context", "CONTEXT", "context_to_zero"]
+__all__ = ["Composite", "build_composite", "add_context", "CONTEXT", "SACRAL_REMNANT", "context_to_zero"]
 
 # Non-target labels (intensity only; the training labels are 0 there). Values stay clear of the final scheme.
 CONTEXT = {
@@ -26,6 +26,9 @@ CONTEXT = {
     "head_csf": 217, "airway": 218, "lung": 219, "rib": 220,
 }
 BLOB_LABELS = tuple(range(230, 242))
+# Remnant discs between the fused sacral bodies (S1-S2, S2-S3): disc-like in the image, sacrum in the labels.
+# Real MR shows them; without them a network takes S1 for L5 and numbers every lumbar level one too high.
+SACRAL_REMNANT = 252
 _HALF_U, _V_POST, _V_ANT = 120, 130, 150  # canvas, mm around the canal centre
 _TOP_MM = 70  # head above C1
 _BOTTOM_MM = 50
@@ -48,13 +51,15 @@ class Composite:
 def context_to_zero(labels: np.ndarray) -> np.ndarray:
     """The training labels of a sampled composite: every non-target value becomes background."""
     out = labels.copy()
+    out[out == SACRAL_REMNANT] = L.SACRUM
     out[out >= min(CONTEXT.values())] = 0
     return out
 
 
 def build_composite(lib: Library, rng: np.random.Generator, extra_lumbar: bool = False,
-                    missing_disc: int | None = None, context: bool = True) -> Composite:
-    """One drawn spine; without `context`, call `add_context` for the span of s that will be sampled."""
+                    missing_disc: int | None = None, context: bool = True, sacral_remnants: int = 0) -> Composite:
+    """One drawn spine; without `context`, call `add_context` for the span of s that will be sampled.
+    `sacral_remnants` (0-2) remnant discs are drawn into the sacrum (S1-S2, then S2-S3)."""
     sequence = tuple(v for v in L.VERTEBRAE_POSSIBLE if v != L.VERTEBRA_L6 or extra_lumbar)
     person = float(rng.uniform(0.88, 1.12))
     chosen = {v: _choose(lib, v, rng) for v in sequence}
@@ -83,6 +88,8 @@ def build_composite(lib: Library, rng: np.random.Generator, extra_lumbar: bool =
     used = int(spans[L.SACRUM][0] + chosen[L.SACRUM].mask.shape[2] * person + _BOTTOM_MM)
     canvas = canvas[:, :, :min(used, canvas.shape[2])]
     _discs(canvas, sequence, spans, centre, missing_disc)
+    if sacral_remnants:
+        _sacral_remnants(canvas, spans[L.SACRUM][0], centre, sacral_remnants, person, rng)
     _canal_and_cord(canvas, lib, sequence, spans, centre, chosen, person, rng)
     comp = Composite(canvas, centre, spans, sequence)
     if context:
@@ -160,6 +167,21 @@ def _discs(canvas, sequence, spans, centre, missing_disc) -> None:
             continue
         sizes = ndimage.sum(fill, comps, range(1, k + 1))
         slab[comps == (int(np.argmax(sizes)) + 1)] = disc
+
+
+def _sacral_remnants(canvas, sacrum_top: float, centre, n: int, person: float, rng) -> None:
+    """Thin slabs across the sacral bodies, one fused-body height apart (S1 about 22-30 mm, S2 a little less),
+    in front of the canal and within the body's width (not the alae)."""
+    nu = canvas.shape[0]
+    level = sacrum_top
+    for k in range(n):
+        level += rng.uniform(22, 30) * person * (0.8 ** k)
+        half = rng.uniform(1.0, 2.0)
+        width = rng.uniform(12, 20) * person * (0.85 ** k)
+        lo, hi = int(round(level - half)), int(round(level + half)) + 1
+        u_lo, u_hi = max(int(centre[0] - width), 0), min(int(centre[0] + width) + 1, nu)
+        slab = canvas[u_lo:u_hi, centre[1] + 8:, max(lo, 0):max(hi, 0)]
+        slab[slab == L.SACRUM] = SACRAL_REMNANT
 
 
 def _ellipse(shape2d, centre, au, av) -> np.ndarray:

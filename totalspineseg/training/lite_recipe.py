@@ -52,13 +52,15 @@ class LiteSettings:
     threads: int | None = None
     init: str | None = "demo"  # demo | lite | a model root folder | None (random)
     steps: tuple[int, ...] = (1, 2)
+    synth_version: int = synthseg.SYNTH_VERSION  # what `synthseg.draw_spec` draws (1 = stage 1's images)
 
 
 #: The stages that made the shipped model, in order (each one a run of `train_lite` with these settings).
 STAGES = (
     # 2026-12-01, CPU (2 cores, the two steps side by side with one thread each, ~115 s an epoch); rendered with
     # anatomy library version 4.
-    {"stage": 1, "init": "demo", "n_synth": 360, "n_phantoms": 80, "seed": 0, "epochs": [36, 36]},
+    {"stage": 1, "init": "demo", "n_synth": 360, "n_phantoms": 80, "seed": 0, "epochs": [36, 36],
+     "synth_version": 1},
 )
 
 
@@ -89,7 +91,7 @@ def _write(raw_dir: Path, index: int, spec_name: str, vol) -> str:
 
 def build_datasets(dirs: NnUNetDirs, settings: LiteSettings, progress: bool = True) -> None:
     anatomy_library.load_library()  # build the cache once, before the workers read it
-    synth = [synthseg.draw_spec(settings.seed * 100_000 + i) for i in range(settings.n_synth)]
+    synth = [synthseg.draw_spec(settings.seed * 100_000 + i, settings.synth_version) for i in range(settings.n_synth)]
     phantoms = [demo_recipe.draw_spec(settings.seed, i) for i in range(settings.n_phantoms)]
     for step in (1, 2):
         training.create_dataset(dirs.raw, step, overwrite=True)
