@@ -26,18 +26,24 @@ def crop_shift(a: SegmentationResult, b: SegmentationResult) -> float:
     return float(max(corner, size))
 
 
+def label_agreement(seg_ref: np.ndarray, seg_new: np.ndarray) -> dict:
+    """same_numbering, min_dice, worst_label, mean_dice and dice (per label of `seg_ref`) of two label maps."""
+    labels_ref = metrics.present_labels(seg_ref)
+    dice = metrics.dice_per_label(seg_new, seg_ref, labels_ref)
+    worst = min(dice, key=dice.get) if dice else None
+    return {"same_numbering": labels_ref == metrics.present_labels(seg_new),
+            "min_dice": round(dice[worst], 4) if worst is not None else 1.0, "worst_label": worst,
+            "mean_dice": round(float(np.mean(list(dice.values()))), 4) if dice else 1.0,
+            "dice": {int(k): round(v, 4) for k, v in dice.items()}}
+
+
 def agreement(ref: SegmentationResult, new: SegmentationResult) -> dict:
     """same_numbering, min_dice, worst_label, mean_dice, crop_shift_voxels, dice (per label) and passes of `new`
     against `ref`."""
     seg_ref = ref.final.step2 if ref.final.step2 is not None else ref.final.step1
     seg_new = new.final.step2 if new.final.step2 is not None else new.final.step1
-    labels_ref = metrics.present_labels(seg_ref)
-    dice = metrics.dice_per_label(seg_new, seg_ref, labels_ref)
-    worst = min(dice, key=dice.get) if dice else None
-    row = {"same_numbering": labels_ref == metrics.present_labels(seg_new),
-           "min_dice": round(dice[worst], 4) if worst is not None else 1.0, "worst_label": worst,
-           "mean_dice": round(float(np.mean(list(dice.values()))), 4) if dice else 1.0,
-           "crop_shift_voxels": crop_shift(ref, new), "dice": {int(k): round(v, 4) for k, v in dice.items()}}
+    row = label_agreement(seg_ref, seg_new)
+    row["crop_shift_voxels"] = crop_shift(ref, new)
     row["passes"] = bool(row["same_numbering"] and row["min_dice"] >= MIN_DICE
                          and row["crop_shift_voxels"] <= MAX_CROP_SHIFT)
     return row
