@@ -236,6 +236,34 @@ def test_same_result_as_nnunet_predicting_the_nifti_files(request, tmp_path, mod
         np.testing.assert_array_equal(ours.probabilities[label], nnunet_to_ras_axes(reference_probabilities[head]))
 
 
+@pytest.mark.parametrize("wanted", [[8, 9], []])
+def test_region_export_one_head_at_a_time_equals_nnunets_export(plain_folder, wanted):
+    """The CPU export of a region model, head by head, gives nnU-Net's numbers (resampled, anisotropic input)."""
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    model = load_model(plain_folder, device="cpu", threads=1)
+    image = make_image((40, 52, 12), n_channels=1, n_labels=9, seed=8, zero_margin=3)
+    data, properties = model._to_nnunet(image, (1.25, 0.8, 3.0), None)  # 3 mm: nnU-Net resamples z apart
+    data, _, properties = model.configuration_manager.preprocessor_class(verbose=False).run_case_npy(
+        data, None, properties, model.plans_manager, model.configuration_manager, model.folder.dataset_json)
+    logits = torch.randn((len(model.label_values), *data.shape[1:]), generator=torch.Generator().manual_seed(0))
+
+    reference = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, model.plans_manager, model.configuration_manager, model.label_manager, properties,
+        return_probabilities=bool(wanted), num_threads_torch=1)
+    labels, maps = model._region_outputs_by_head(logits, properties, wanted)
+
+    np.testing.assert_array_equal(labels, reference[0] if wanted else reference)
+    assert len(np.unique(labels)) > 2
+    if not wanted:
+        assert maps is None
+        return
+    heads = {label: head for head, label in enumerate(model.label_values)}
+    assert sorted(maps) == wanted
+    for label, probability in maps.items():
+        np.testing.assert_array_equal(probability, nnunet_to_ras_axes(reference[1][heads[label]]))
+
+
 # --- what stays on the device (CUDA); the same code runs on CPU tensors here -------------------------------------
 
 @pytest.mark.parametrize("model, n_channels, wanted, spacing", [

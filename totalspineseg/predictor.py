@@ -299,6 +299,8 @@ class LoadedModel:
         """nnU-Net's own export on the CPU: logits back to the input's spacing, nonlinearity, labels, crop undone."""
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
+        if self.label_manager.has_regions and not _no_resampling(logits, properties):
+            return self._region_outputs_by_head(logits, properties, wanted)
         result = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.plans_manager, self.configuration_manager, self.label_manager, properties,
             return_probabilities=bool(wanted), num_threads_torch=self.threads)
@@ -307,6 +309,62 @@ class LoadedModel:
         segmentation, probabilities = result
         del result
         return segmentation, self._probability_maps(probabilities, wanted)
+
+    def _region_outputs_by_head(self, logits: torch.Tensor, properties: dict,
+                                wanted: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
+        """nnU-Net's export of a region-based model, one output head at a time.
+
+        The same steps as nnU-Net's ``convert_predicted_logits_to_segmentation_with_correct_shape``, with the same
+        functions: the logits resampled to the input's spacing, the sigmoid, the labels written in region order
+        (later regions overwrite earlier ones), the crop undone. nnU-Net resamples channel by channel and the
+        sigmoid is elementwise, so the numbers are the same; but only one head is held at full resolution, where
+        nnU-Net holds every head's resampled logits and probabilities at once, then an uncropped copy of all the
+        probabilities (0.66 GB above the rest on a 1 mm whole spine with the 9 heads of the demo step 1; 0.17 GB
+        head by head). Used only where the logits are resampled: without resampling the logits may be a strided
+        view, and a sigmoid of one head of it can differ from nnU-Net's in the last bit of a few voxels
+        (vectorised against scalar tails), so those keep nnU-Net's export.
+        """
+        import torch
+
+        manager, configuration = self.label_manager, self.configuration_manager
+        shape = properties["shape_after_cropping_and_before_resampling"]
+        spacing = [properties["spacing"][i] for i in self.plans_manager.transpose_forward]
+        current_spacing = configuration.spacing if len(configuration.spacing) == len(shape) else \
+            [spacing[0], *configuration.spacing]
+        label_of_head = {head: label for label, head in self._head_of_label().items() if label in wanted}
+        labels = np.zeros(shape, dtype=np.uint8)
+        maps: dict[int, np.ndarray] = {}
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            for head, value in enumerate(manager.regions_class_order):
+                resampled = configuration.resampling_fn_probabilities(logits[head:head + 1], shape, current_spacing,
+                                                                      spacing)
+                probability = manager.apply_inference_nonlin(resampled)[0].numpy()
+                del resampled
+                labels[probability > 0.5] = int(value)
+                if head in label_of_head:
+                    maps[label_of_head[head]] = probability
+                del probability
+        finally:
+            torch.set_num_threads(old_threads)
+        return self._revert_crop(labels, maps if wanted else None, properties)
+
+    def _revert_crop(self, labels: np.ndarray, maps: dict[int, np.ndarray] | None,
+                     properties: dict) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
+        """Labels and probability maps of the cropped grid back on the input's (labels still in nnU-Net's axes)."""
+        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+        manager = self.label_manager
+        bbox, shape = properties["bbox_used_for_cropping"], properties["shape_before_cropping"]
+        backward = self.plans_manager.transpose_backward
+        segmentation = insert_crop_into_image(np.zeros(shape, dtype=np.uint8), labels, bbox).transpose(backward)
+        if maps is not None:
+            background = {int(v) for v in manager.all_labels[:1]} if not manager.has_regions else set()
+            maps = {label: nnunet_to_ras_axes(insert_crop_into_image(
+                np.full(shape, 1.0 if label in background else 0.0, dtype=np.float32), m, bbox).transpose(backward))
+                for label, m in maps.items()}
+        return segmentation, maps
 
     def _outputs_on_device(self, logits: torch.Tensor, properties: dict,
                            wanted: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
@@ -319,7 +377,6 @@ class LoadedModel:
         go through `_outputs_by_nnunet`.
         """
         import torch
-        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 
         manager = self.label_manager
         with torch.inference_mode():
@@ -337,15 +394,7 @@ class LoadedModel:
                 heads = self._head_of_label()
                 maps = {label: probabilities[heads[label]].float().cpu().numpy() for label in wanted}
             del probabilities
-        bbox, shape = properties["bbox_used_for_cropping"], properties["shape_before_cropping"]
-        backward = self.plans_manager.transpose_backward
-        segmentation = insert_crop_into_image(np.zeros(shape, dtype=np.uint8), labels, bbox).transpose(backward)
-        if maps is not None:
-            background = {int(v) for v in manager.all_labels[:1]} if not manager.has_regions else set()
-            maps = {label: nnunet_to_ras_axes(insert_crop_into_image(
-                np.full(shape, 1.0 if label in background else 0.0, dtype=np.float32), m, bbox).transpose(backward))
-                for label, m in maps.items()}
-        return segmentation, maps
+        return self._revert_crop(labels, maps, properties)
 
     def _to_nnunet(self, image_channels: np.ndarray, spacing: Sequence[float] | None,
                    affine: np.ndarray | None) -> tuple[np.ndarray, dict]:
