@@ -220,7 +220,7 @@ def build_upstream(venv: Path, python: str = sys.executable, quiet: bool = False
     say("installing " + ", ".join(NO_DEPS) + " without dependencies")
     subprocess.run(pip + ["--no-deps", *NO_DEPS], check=True)
     check = "import torch, nnunetv2, totalspineseg.inference; assert '+cpu' in torch.__version__, torch.__version__"
-    subprocess.run([str(python_of(venv)), "-c", check], check=True)
+    subprocess.run([str(python_of(venv)), "-c", check], check=True, cwd=venv)  # not this project's package
     marker.write_text(recipe_id() + "\n")
     say(f"upstream venv ready in {time.perf_counter() - start:.0f} s")
     return exe
