@@ -466,3 +466,31 @@ def test_lite_recipe_starts_from_its_init_once_and_resumes(tmp_path, monkeypatch
     assert calls == []  # both stages recorded as done
     lite_recipe.train_lite(tmp_path, replace(settings, epochs=(5, 2), steps=(1,)), progress=False)
     assert [c[:3] for c in calls] == [(101, lite_recipe.PLANS_NAME, 5)]
+
+
+def test_lite_stages_chain_each_from_the_weights_of_the_one_before(tmp_path, monkeypatch):
+    from totalspineseg.training import lite_recipe
+
+    runs = []
+
+    def fake_train_lite(out_dir, settings, device, bundle, progress):
+        runs.append((Path(out_dir).name, settings, Path(bundle)))
+        return [Path(out_dir) / "exports" / "step1.zip", Path(out_dir) / "exports" / "step2.zip"]
+
+    unpacked = []
+    monkeypatch.setattr(lite_recipe, "train_lite", fake_train_lite)
+    monkeypatch.setattr(lite_recipe.training, "unpack_release", lambda zips, where: unpacked.append((zips, where)))
+    last = lite_recipe.train_stages(tmp_path, bundle=tmp_path / "ship", progress=False)
+    stages = lite_recipe.STAGES
+    assert [r[0] for r in runs] == [f"stage{s['stage']}" for s in stages]
+    assert runs[0][1].init == stages[0]["init"]  # the first stage from its own init (the demo weights)
+    for (_, settings, _), (_, _, before) in zip(runs[1:], runs[:-1], strict=True):
+        assert settings.init == str(before)  # every later one from the model the stage before unpacked
+    for (_, settings, _), stage in zip(runs, stages, strict=True):
+        assert (settings.seed, settings.n_synth, settings.n_phantoms, list(settings.epochs),
+                settings.synth_version) == (stage["seed"], stage["n_synth"], stage["n_phantoms"], stage["epochs"],
+                                            stage["synth_version"])
+    assert last == runs[-1][2]
+    assert unpacked == [([tmp_path / f"stage{stages[-1]['stage']}" / "exports" / n for n in ("step1.zip",
+                                                                                        "step2.zip")],
+                         tmp_path / "ship")]

@@ -135,6 +135,10 @@ def _add_lite(sub) -> None:
                                    "steps starting from --init, and export release zips into OUT_DIR/exports. "
                                    "Stages already done in OUT_DIR are skipped.")
     p.add_argument("out_dir", type=Path)
+    p.add_argument("--all-stages", action="store_true",
+                   help="run every recorded stage of the shipped model in order (OUT_DIR/stage1, stage2, ...), "
+                        "each from the one before: this reproduces the bundled lite model; the options below "
+                        "that set a stage (seed, images, epochs, init, steps) are then ignored")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--synthetic", type=int, default=d.n_synth, help="synthetic images (default %(default)s)")
     p.add_argument("--phantoms", type=int, default=d.n_phantoms, help="demo phantoms (default %(default)s)")
@@ -223,6 +227,10 @@ def _demo(args) -> int:
 def _lite(args) -> int:
     from ..training import lite_recipe
 
+    if args.all_stages:
+        print(lite_recipe.train_stages(args.out_dir, args.bundle, args.device, args.processes, args.threads,
+                                       progress=not args.quiet))
+        return 0
     init = None if str(args.init).lower() == "none" else args.init
     settings = lite_recipe.LiteSettings(n_synth=args.synthetic, n_phantoms=args.phantoms, seed=args.seed,
                                         epochs=tuple(args.epochs), iterations_per_epoch=args.iterations_per_epoch,

@@ -55,12 +55,20 @@ class LiteSettings:
     synth_version: int = synthseg.SYNTH_VERSION  # what `synthseg.draw_spec` draws (1 = stage 1's images)
 
 
-#: The stages that made the shipped model, in order (each one a run of `train_lite` with these settings).
+#: The stages that made the shipped model, in order (each one a run of `train_lite` with these settings). The
+#: first starts from its "init"; every later one ("init": "lite") from the weights the stage before it made.
+#: `train_stages` runs them all.
 STAGES = (
     # 2026-12-01, CPU (2 cores, the two steps side by side with one thread each, ~115 s an epoch); rendered with
     # anatomy library version 4.
     {"stage": 1, "init": "demo", "n_synth": 360, "n_phantoms": 80, "seed": 0, "epochs": [36, 36],
      "synth_version": 1},
+    # 2026-12-01, CPU as above, ~60 s an epoch; anatomy library version 5, sacral remnants and texture.
+    {"stage": 2, "init": "lite", "n_synth": 240, "n_phantoms": 40, "seed": 1, "epochs": [48, 48],
+     "synth_version": 2},
+    # 2026-12-01, the same images as stage 2 (same seed), 30 more epochs.
+    {"stage": 3, "init": "lite", "n_synth": 240, "n_phantoms": 40, "seed": 1, "epochs": [30, 30],
+     "synth_version": 2},
 )
 
 
@@ -152,6 +160,32 @@ def train_lite(out_dir, settings: LiteSettings = LiteSettings(), device: str = "
     for stage, seconds in timings.items():
         log.info("%-22s %7.1f s", stage, seconds)
     return zips
+
+
+def stage_settings(stage: dict, init: str | None, processes: int = 2, threads: int | None = None) -> LiteSettings:
+    return LiteSettings(n_synth=stage["n_synth"], n_phantoms=stage["n_phantoms"], seed=stage["seed"],
+                        epochs=tuple(stage["epochs"]), init=init, synth_version=stage["synth_version"],
+                        processes=processes, threads=threads)
+
+
+def train_stages(out_dir, bundle: Path | None = None, device: str = "auto", processes: int = 2,
+                 threads: int | None = None, progress: bool = True) -> Path:
+    """Every stage of `STAGES` in order, each in OUT_DIR/stage<N> (its models unpacked in OUT_DIR/stage<N>/model),
+    each starting from the stage before; the shipped model from nothing but the anatomy sources. Stages already
+    done are skipped, so an interrupted run continues. Returns the last stage's model folder."""
+    out_dir = Path(out_dir)
+    previous: Path | None = None
+    zips: list[Path] = []
+    for stage in STAGES:
+        init = stage["init"] if previous is None else str(previous)
+        work = out_dir / f"stage{stage['stage']}"
+        log.info("lite stage %d of %d (init %s)", stage["stage"], len(STAGES), init)
+        zips = train_lite(work, stage_settings(stage, init, processes, threads), device, bundle=work / "model",
+                          progress=progress)
+        previous = work / "model"
+    if bundle is not None:
+        training.unpack_release(zips, Path(bundle))
+    return previous
 
 
 def _stage_epochs(fold: Path) -> int:
