@@ -52,7 +52,8 @@ NO_DEPS = (UPSTREAM, "nnunetv2==2.8.1", "dynamic-network-architectures==0.4.4", 
 # What upstream's inference imports beyond nnunetv2's dependencies, read from the wheel's imports: torchio
 # (resampling), gryds (utils/augment.py, which the package's __init__ imports), psutil (inference.py). auglab's
 # kornia and nilearn (declared by totalspineseg) are not imported on the inference path, nor is torchvision once
-# the checkpoints name nnUNetTrainer. Not yet confirmed by a full run of upstream here (2026-12-01).
+# the checkpoints name nnUNetTrainer. Checked 2026-12-01 (--small, demo): with these, upstream's CLI ran step 1
+# to its outputs and went on into step 2 (the run was stopped there for time).
 UPSTREAM_RUNTIME = ("torchio==1.2.1", "gryds==0.0.9", "psutil")
 PROJECT_ONLY = ("pybids", "bids-validator-deno")  # in requirements-cpu.txt, not nnunetv2 dependencies
 DEFAULT_VENV = Path("~/.cache/totalspineseg/upstream-venv").expanduser()
