@@ -82,9 +82,10 @@ def get_parser() -> argparse.ArgumentParser:
                    help="write only these output folders; work for the others is skipped")
     p.add_argument("--weights", default="official", metavar="{official,lite,demo,PATH}",
                    help="model weights: the installed official release (default); lite, bundled, no download: "
-                        "trained on synthetic images of real spine anatomy, an early model that finds parts of "
-                        "real spines but numbers them unreliably (its model card has the scores), not for "
-                        "results; demo, bundled, synthetic phantoms only, not for real scans; or a folder")
+                        "trained on synthetic images of real spine anatomy, an early model: it finds the cord and "
+                        "numbers lumbar discs on real scans, but its cervical and thoracic levels are often wrong "
+                        "(its model card has the scores), not for results; demo, bundled, synthetic phantoms "
+                        "only, not for real scans; or a folder")
     p.add_argument("--data-dir", "-d", type=Path,
                    help="weights root (default: $TOTALSPINESEG_DATA, then the user cache)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
