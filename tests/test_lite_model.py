@@ -24,15 +24,22 @@ def test_lite_is_bundled_small_and_resolved_only_by_name(tmp_path, monkeypatch):
         weights.resolve_model("official")  # no fallback to a bundled model
 
 
-@pytest.mark.slow
-def test_lite_on_a_real_cervical_scan(real_data):
+@pytest.fixture(scope="module")
+def lite_on(real_data):
+    """Score the bundled lite model on a real scan by name (the networks are loaded once for the module)."""
     pytest.importorskip("nnunetv2")
     sys.path.insert(0, str(BENCHMARKS))
     import eval_real
 
     _, models = eval_real.load_models("lite", device="cpu")
-    scan = eval_real.SCANS_BY_NAME["errsm_21/t2"]
-    result = eval_real.evaluate_scan(scan, models, real_data)
+    return lambda name: eval_real.evaluate_scan(eval_real.SCANS_BY_NAME[name], models, real_data)
+
+
+@pytest.mark.slow
+def test_lite_on_a_real_cervical_scan(real_data, lite_on):
+    import eval_real
+
+    result = lite_on("errsm_21/t2")
     assert result.error is None
     # The model card's score on this scan is 0.77 (the demo model: 0.00). The SCT levels are not right yet on
     # any real scan, so there is no floor for them; raise this test with the model.
@@ -40,13 +47,8 @@ def test_lite_on_a_real_cervical_scan(real_data):
 
 
 @pytest.mark.slow
-def test_lite_numbers_the_lumbar_discs_of_a_real_scan(real_data):
-    pytest.importorskip("nnunetv2")
-    sys.path.insert(0, str(BENCHMARKS))
-    import eval_real
-
-    _, models = eval_real.load_models("lite", device="cpu")
-    result = eval_real.evaluate_scan(eval_real.SCANS_BY_NAME["IVD_11"], models, real_data)
+def test_lite_numbers_the_lumbar_discs_of_a_real_scan(real_data, lite_on):
+    result = lite_on("IVD_11")
     assert result.error is None
     # Measured: L1-L2 ... L5-S all numbered right, mean Dice 0.70 (stage 1: 0/5, one level off).
     assert len(result.discs) == 5
