@@ -4,12 +4,16 @@ On the loaded step-1 network of ``--weights`` (default the demo model) with rand
 
 * batching: 4 tiles as 4 forwards of 1, 2 forwards of 2, 1 forward of 4 (time per tile);
 * `channels_last_3d` (network and input) against the default contiguous layout, fp32, one patch;
+* precision and layout together, one patch: fp32, bf16 autocast, bf16 autocast with the network in
+  `channels_last_3d` (input contiguous, as nnU-Net's sliding window passes it) and with both in
+  `channels_last_3d`; argmax agreement of each with fp32;
 * nnU-Net's Gaussian importance map: the first (uncached) computation for this patch and for the ResEnc-L patch.
 
 The variants alternate in a rotating order (A B C, B C A, C A B, ...) for ``--rounds`` rounds so that load from
 other jobs falls on all of them alike; the median and the minimum are reported, as wall and as CPU time.
 
     nice -n 19 .venv/bin/python benchmarks/bench_forward.py [--weights demo] [--rounds 5] [--threads 2]
+        [--skip-batching]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from totalspineseg import weights  # noqa: E402
 from totalspineseg.predictor import load_model  # noqa: E402
+from totalspineseg.runtime import cpu_has_native_bf16  # noqa: E402
 
 RESENC_L_PATCH = (64, 256, 256)  # benchmarks/bench_predictor.py (nnU-Net order)
 
@@ -67,6 +72,7 @@ def main() -> int:
     p.add_argument("--weights", default="demo")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--skip-batching", action="store_true", help="leave out the batching and fp32-layout rounds")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "_out" / "bench_forward.json")
     args = p.parse_args()
     import torch
@@ -79,19 +85,42 @@ def main() -> int:
     tiles = torch.randn(4, model.n_channels, *patch)
     load_before = os.getloadavg()[0]
 
+    report = {}
     with torch.inference_mode():
-        def in_batches(size):
-            return lambda: [network(tiles[i:i + size]) for i in range(0, 4, size)]
-
-        batching = rounds_of({"1 x 4": in_batches(1), "2 x 2": in_batches(2), "4 x 1": in_batches(4)}, args.rounds)
-        same = torch.equal(network(tiles[:2]).argmax(1), torch.cat([network(tiles[i:i + 1]) for i in range(2)]
-                                                                    ).argmax(1))
-
         last = copy.deepcopy(network).to(memory_format=torch.channels_last_3d)
         one, one_last = tiles[:1], tiles[:1].contiguous(memory_format=torch.channels_last_3d)
-        layout = rounds_of({"contiguous": lambda: network(one), "channels_last_3d": lambda: last(one_last)},
-                           args.rounds)
-        difference = float((network(one) - last(one_last)).abs().max())
+        if not args.skip_batching:
+            def in_batches(size):
+                return lambda: [network(tiles[i:i + size]) for i in range(0, 4, size)]
+
+            batching = rounds_of({"1 x 4": in_batches(1), "2 x 2": in_batches(2), "4 x 1": in_batches(4)},
+                                 args.rounds)
+            same = torch.equal(network(tiles[:2]).argmax(1),
+                               torch.cat([network(tiles[i:i + 1]) for i in range(2)]).argmax(1))
+            layout = rounds_of({"contiguous": lambda: network(one), "channels_last_3d": lambda: last(one_last)},
+                               args.rounds)
+            report.update({
+                "batching_per_tile": {k: summary(v, per=4) for k, v in batching.items()},
+                "batching_same_labels": same,
+                "layout_one_patch": {k: summary(v) for k, v in layout.items()},
+                "channels_last_max_abs_logit_difference": float((network(one) - last(one_last)).abs().max()),
+            })
+
+        def bf16(net, x):
+            def forward():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return net(x).float()
+            return forward
+
+        variants = {"fp32": lambda: network(one), "bf16": bf16(network, one),
+                    "bf16, network channels_last_3d": bf16(last, one),
+                    "bf16, network and input channels_last_3d": bf16(last, one_last)}
+        precision = rounds_of(variants, args.rounds)
+        reference = network(one).argmax(1)
+        report["precision_one_patch"] = {
+            name: {**summary(precision[name]),
+                   "argmax_agreement_with_fp32": round(float((fn().argmax(1) == reference).float().mean()), 4)}
+            for name, fn in variants.items()}
 
     gaussian = {}
     for name, size in (("this patch", patch), ("ResEnc-L patch", RESENC_L_PATCH)):
@@ -104,12 +133,9 @@ def main() -> int:
 
     report = {
         "weights": args.weights, "patch": list(patch), "threads": model.threads, "rounds": args.rounds,
+        "native_bf16": cpu_has_native_bf16(),
         "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
-        "batching_per_tile": {k: summary(v, per=4) for k, v in batching.items()},
-        "batching_same_labels": same,
-        "layout_one_patch": {k: summary(v) for k, v in layout.items()},
-        "channels_last_max_abs_logit_difference": difference,
-        "gaussian": gaussian,
+        **report, "gaussian": gaussian,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

@@ -5,7 +5,7 @@ size: nnU-Net's ResEnc-L planner, 7 stages of 32-320 features. Models are built 
 ``benchmarks/_out/`` (about 2.2 GB). The input is a 1 mm whole-spine phantom (80 x 150 x 730 mm: the same voxel
 count as the 60 x 250 x 600 mm of the issue).
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--device cpu] [--threads 2]
+    .venv/bin/python benchmarks/bench_pipeline.py [--device cpu] [--threads 2] [--precision auto]
 
 Prints per-stage times, the share of time outside the two network forward passes, and peak RSS.
 """
@@ -54,6 +54,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset-shape", type=int, nargs=3, default=(64, 256, 320))
     ap.add_argument("--out", type=Path, default=HERE / "_out" / "bench_pipeline")
     ap.add_argument("--fov", default="whole")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                    help="of the forward passes, as the CLI's --precision (default auto)")
     args = ap.parse_args(argv)
 
     from totalspineseg import weights
@@ -66,7 +68,8 @@ def main(argv=None) -> None:
     image = save_nifti(args.out / "whole_T2w.nii.gz", ph.image, ph.affine)
 
     t0 = time.perf_counter()
-    models = Models.load(weights.resolve_model(str(root)), device=args.device, threads=args.threads)
+    models = Models.load(weights.resolve_model(str(root)), device=args.device, threads=args.threads,
+                         precision=args.precision)
     t_models = time.perf_counter() - t0
     result = segment(image, models, options=PipelineOptions())
     t_write = write_deliverables(result, args.out / "outputs", "whole_T2w")
@@ -84,7 +87,8 @@ def main(argv=None) -> None:
     import torch
 
     print(f"machine: {platform.node()}, {len(__import__('os').sched_getaffinity(0))} CPUs, torch {torch.__version__},"
-          f" device {result.device}, threads {torch.get_num_threads()}; date {date.today()}")
+          f" device {result.device}, threads {torch.get_num_threads()}, precision {models.precision};"
+          f" date {date.today()}")
     print(f"input: whole-spine phantom {ph.image.shape} at 1 mm; ResEnc-L random weights, patch "
           f"{models.step1.configuration_manager.patch_size}\n")
     print("| stage | seconds |\n|---|---|")

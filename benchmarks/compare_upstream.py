@@ -20,7 +20,7 @@ random step-1 weights rarely give the landmark upstream needs to go on). The Res
 ``bench_pipeline.build_weights``'s (cached under ``benchmarks/_out/bench_pipeline/weights``).
 
     nice -n 19 .venv/bin/python benchmarks/compare_upstream.py [--rows demo resencl-step1 demo+resencl]
-        [--threads N] [--precision auto] [--small] [--results]
+        [--threads N] [--precision auto [bf16 ...]] [--small] [--results]
 
 Prints one Markdown table; ``--results`` also writes it into its section of ``benchmarks/RESULTS.md``.
 ``--small`` runs on a small cervical phantom: a quick check that everything works, not a measurement.
@@ -346,28 +346,36 @@ class Result:
     project: Run | None = None
     agreement: dict = field(default_factory=dict)
     note: str = ""
+    precision: str = ""  # this project's --precision, where a row was run in more than one
 
 
-def run_row(row: Row, args, exe: Path, image: Path) -> Result:
-    work = args.work
-    weights_root = prepare_weights(row, work)
-    result = Result(row)
+def run_row(row: Row, args, exe: Path, image: Path) -> list[Result]:
+    """Upstream once, then this project once per ``args.precision``: one Result per precision."""
+    work = args.work / "runs" / row.key
+    weights_root = prepare_weights(row, args.work)
     env = {**os.environ, "TOTALSPINESEG_DATA": str(weights_root)}
-    for tool in ("upstream", "project"):
-        out = work / "runs" / row.key / tool
-        shutil.rmtree(out, ignore_errors=True)
-        command = (upstream_command(exe, image, out, weights_root, row, args.threads) if tool == "upstream" else
-                   project_command(image, out, weights_root, row, args.threads, args.precision))
-        run = run_measured(command, work / "runs" / row.key / f"{tool}.log", env, args.timeout)
-        setattr(result, tool, run)
-        if run.returncode != 0:
-            result.note += f"{tool} exited {run.returncode} (see {run.log}); "
-    paths = [final_output(work / "runs" / row.key / tool, image, row) for tool in ("upstream", "project")]
-    if all(p.is_file() for p in paths):
-        result.agreement = label_agreement(*paths)
-    else:
-        result.note += "no final output of " + " and ".join(p.parent.parent.name for p in paths if not p.is_file())
-    return result
+
+    def measured(tool: str, command: list[str]) -> Run:
+        shutil.rmtree(work / tool, ignore_errors=True)
+        return run_measured(command, work / f"{tool}.log", env, args.timeout)
+
+    upstream = measured("upstream", upstream_command(exe, image, work / "upstream", weights_root, row, args.threads))
+    up_note = f"upstream exited {upstream.returncode} (see {upstream.log}); " if upstream.returncode else ""
+    results = []
+    for precision in args.precision:
+        tool = "project" if len(args.precision) == 1 else f"project_{precision}"
+        project = measured(tool, project_command(image, work / tool, weights_root, row, args.threads, precision))
+        result = Result(row, upstream, project, note=up_note,
+                        precision=precision if len(args.precision) > 1 else "")
+        if project.returncode:
+            result.note += f"this project exited {project.returncode} (see {project.log}); "
+        paths = [final_output(work / t, image, row) for t in ("upstream", tool)]
+        if all(p.is_file() for p in paths):
+            result.agreement = label_agreement(*paths)
+        else:
+            result.note += "no final output of " + " and ".join(p.parent.parent.name for p in paths if not p.is_file())
+        results.append(result)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,7 +405,8 @@ def format_table(results: list[Result]) -> str:
         speed = f"{up.seconds / me.seconds:.2f}x faster" if ok and me.seconds else "-"
         ram = f"{me.peak_bytes / up.peak_bytes:.2f}x" if ok and up.peak_bytes else "-"
         text = agreement_text(r.agreement) + (f" ({r.note.strip('; ')})" if r.note else "")
-        lines.append(f"| {r.row.title} | {cells[0]} | {cells[1]} | {speed} | {ram} | {text} |")
+        title = r.row.title + (f", this project `--precision {r.precision}`" if r.precision else "")
+        lines.append(f"| {title} | {cells[0]} | {cells[1]} | {speed} | {ram} | {text} |")
     return "\n".join(lines)
 
 
@@ -410,8 +419,8 @@ def machine_line(args, image_shape) -> str:
             f"load average {load} at the end), Python {platform.python_version()}, torch {torch.__version__}; "
             f"input: phantom seed 0 {'cervical' if args.small else 'whole spine'}, "
             f"{' x '.join(map(str, image_shape))} at 1 mm; `--threads {args.threads}`, this project "
-            f"`--precision {args.precision}`, upstream {UPSTREAM} (fp32). Peak RSS: the sum over the process and its "
-            f"descendants, sampled every 50 ms.")
+            f"`--precision {' / '.join(args.precision)}`, upstream {UPSTREAM} (fp32). Peak RSS: the sum over the "
+            f"process and its descendants, sampled every 50 ms.")
 
 
 def section(table: str, machine: str) -> str:
@@ -439,8 +448,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="CPU threads / workers of both tools (default: the CPUs of this process)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="this project's --precision (upstream runs fp32)")
+    p.add_argument("--precision", nargs="+", default=["auto"], choices=("auto", "fp32", "bf16", "fp16"),
+                   help="this project's --precision; several run this project once each against one upstream run "
+                        "(upstream runs fp32)")
     p.add_argument("--small", action="store_true", help="a small cervical phantom: a quick check, not a measurement")
     p.add_argument("--venv", type=Path, default=DEFAULT_VENV, help=f"upstream's venv (default {DEFAULT_VENV})")
     p.add_argument("--work", type=Path, default=WORK, help=f"inputs, weights and outputs (default {WORK})")
@@ -460,11 +470,13 @@ def main(argv=None) -> int:
     results = []
     for key in args.rows:
         print(f"row {key}: upstream, then this project", file=sys.stderr, flush=True)
-        results.append(run_row(ROWS[key], args, exe, image))
-        print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+        row_results = run_row(ROWS[key], args, exe, image)
+        results += row_results
+        print("\n".join(format_table(row_results).splitlines()[2:]), file=sys.stderr, flush=True)
     text = section(format_table(results), machine_line(args, shape))
     (args.work / "results.json").write_text(json.dumps(
-        [{"row": r.row.key, "upstream": vars(r.upstream) if r.upstream else None,
+        [{"row": r.row.key, "precision": r.precision or args.precision[0],
+          "upstream": vars(r.upstream) if r.upstream else None,
           "project": vars(r.project) if r.project else None, "agreement": r.agreement, "note": r.note}
          for r in results], indent=1, default=str))
     print(text)

@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import __version__
 from ..console import ArgumentParser, add_logging_options
 from ..errors import UsageError
-from ..runtime import PRECISIONS, TILE_STEP_DEFAULT, TILE_STEP_HELP, parse_tile_step
+from ..runtime import PRECISION_HELP, PRECISIONS, TILE_STEP_DEFAULT, TILE_STEP_HELP, parse_tile_step
 
 PROG = "run.py"
 
@@ -76,8 +76,7 @@ def _add_processing(g) -> None:
                         "lite model (no download; synthetic images of real anatomy, an early model, not for "
                         "results: see its model card), the bundled demo model (synthetic data only), or a folder")
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="of the network forward passes: auto (default) = bf16 on a CPU with native bf16 (AMX or "
-                        "AVX512-BF16), fp16 on CUDA (nnU-Net's autocast), else fp32")
+                   help=PRECISION_HELP)
     g.add_argument("--tile-step", type=parse_tile_step, default=TILE_STEP_DEFAULT, metavar="STEP",
                    help=TILE_STEP_HELP)
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")

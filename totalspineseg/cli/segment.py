@@ -17,7 +17,7 @@ from ..console import ArgumentParser, add_logging_options, describe_exception, r
 from ..errors import SOME_IMAGE_FAILED, CannotCreate, InputError, MissingInput, TotalSpineSegError
 from ..fsutil import StagedWrites, folder_write_problem, sweep_stale_temps
 from ..pipeline import Models, PipelineOptions, SegmentationResult, segment
-from ..runtime import PRECISIONS, TILE_STEP_DEFAULT, TILE_STEP_HELP, parse_tile_step
+from ..runtime import PRECISION_HELP, PRECISIONS, TILE_STEP_DEFAULT, TILE_STEP_HELP, parse_tile_step
 from ..scratch import prepare_scratch
 from .run_record import RunRecord, image_options, read_record, record_path, why_redo, write_record
 
@@ -90,8 +90,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="weights root (default: $TOTALSPINESEG_DATA, then the user cache)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="of the network forward passes: auto (default) = bf16 on a CPU with native bf16 (AMX or "
-                        "AVX512-BF16), fp16 on CUDA (nnU-Net's autocast), else fp32")
+                   help=PRECISION_HELP)
     p.add_argument("--tile-step", type=parse_tile_step, default=TILE_STEP_DEFAULT, metavar="STEP",
                    help=TILE_STEP_HELP)
     p.add_argument("--max-workers", "-w", type=int, default=None, metavar="N",

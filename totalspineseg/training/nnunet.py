@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import TotalSpineSegError
-from ..runtime import nnunet_output, resolve_threads
+from ..runtime import nnunet_output, resolve_precision, resolve_threads
 from ..weights import CHECKPOINT_NAMES
 from .dataset import DATASET_NAMES, FILE_ENDING, grouped_splits
 
@@ -215,6 +215,7 @@ class TrainSettings:
     save_every: int | None = None
     oversample_foreground: float | None = None  # share of patches centred on a structure (nnU-Net: 0.33)
     initial_weights: Path | None = None  # a checkpoint of the same network to start from (not resuming)
+    precision: str = "fp32"  # of the forward pass on the CPU: auto (bf16 where the CPU has it), fp32 or bf16
 
 
 def resolve_train_device(device: str = "auto") -> str:
@@ -256,9 +257,43 @@ def train(dirs: NnUNetDirs, dataset_id: int, plans_name: str = "nnUNetPlans", co
             pass
         elif settings.initial_weights is not None:
             _load_initial_weights(trainer, Path(settings.initial_weights))
+        precision = train_precision(settings.precision, device)
+        if precision == "bf16":
+            trainer.initialize()  # builds the network (a no-op when a checkpoint or initial weights did)
+            _forward_in_bf16(trainer.network)
+        log.info("training on %s, forward pass in %s", device, precision)
         _seed_everything(settings.seed)
         trainer.run_training()
     return Path(trainer.output_folder_base)
+
+
+def train_precision(requested: str, device: str, native_bf16: bool | None = None) -> str:
+    """The precision of a training forward pass: on the CPU, `auto` is bf16 where it is native (AMX or
+    AVX512-BF16) and fp32 otherwise; on CUDA nnU-Net trains under its own fp16 autocast, whatever is asked."""
+    if requested not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"training precision must be auto, fp32 or bf16, not {requested!r}")
+    if device == "cuda":
+        return "fp16"
+    return resolve_precision(requested, "cpu", native_bf16)
+
+
+def _forward_in_bf16(network) -> None:
+    """Run the network's forward pass under CPU bf16 autocast and hand fp32 outputs to the loss.
+
+    nnU-Net enables autocast on CUDA only. Patched on the instance: the weights, the optimizer state and the
+    checkpoints stay fp32 (bf16 has fp32's exponent range, so no gradient scaler is needed), and the backward
+    pass runs outside the autocast region, as PyTorch recommends, each op in the dtype of its forward.
+    """
+    import torch
+
+    forward = network.forward
+
+    def forward_bf16(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = forward(x)
+        return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+
+    network.forward = forward_bf16
 
 
 def _configure(trainer: nnUNetTrainer, settings: TrainSettings) -> None:
