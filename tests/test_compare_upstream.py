@@ -111,6 +111,10 @@ def test_the_table_has_ratios_and_agreement(tmp_path):
     assert "| the demo model, both steps | 222.0 s, 1.27 GB | 20.5 s, 1.64 GB | 10.83x faster | 1.29x |" in lines[2]
     assert "same numbering; Dice min 0.970 (63), mean 0.985" in lines[2]
     assert lines[3].endswith("| - | - | - | - | - (upstream exited 1) |")
+    bf16 = cu.format_table([cu.Result(cu.ROWS["demo"], cu.Run(222.0, 1.27e9, 0, Path("u")),
+                                      cu.Run(11.1, 1.2e9, 0, Path("p")), agreement, precision="bf16")])
+    assert "| the demo model, both steps, this project `--precision bf16` | 222.0 s, 1.27 GB | 11.1 s, 1.20 GB | " \
+           "20.00x faster |" in bf16
     numbering = label_agreement(ref, np.where(new == 63, 64, new).astype(np.uint8))
     assert cu.agreement_text(numbering).startswith("numbering differs")
 
@@ -131,3 +135,30 @@ def test_help_runs_without_building_anything():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_upstream.py"), "--help"],
                             capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0 and "--small" in result.stdout and "--rows" in result.stdout
+
+
+def test_a_row_runs_upstream_once_and_this_project_once_per_precision(tmp_path, monkeypatch):
+    import argparse
+
+    image = tmp_path / "phantom.nii.gz"
+    labels = np.zeros((4, 4, 4), np.uint8)
+    labels[:2] = 1
+    commands = []
+
+    def fake_run(command, log, env=None, timeout=None):
+        commands.append(command)
+        out = Path(command[2])
+        (out / "step2_output").mkdir(parents=True)
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), out / "step2_output" / image.name)
+        return cu.Run(10.0 if "--precision" in command else 100.0, 1, 0, log)
+
+    nib = pytest.importorskip("nibabel")
+    monkeypatch.setattr(cu, "prepare_weights", lambda row, work: tmp_path / "weights")
+    monkeypatch.setattr(cu, "run_measured", fake_run)
+    args = argparse.Namespace(work=tmp_path / "work", threads=2, precision=["auto", "bf16"], timeout=60)
+    results = cu.run_row(cu.ROWS["demo"], args, Path("upstream-totalspineseg"), image)
+    assert [c[0] for c in commands].count("upstream-totalspineseg") == 1 and len(commands) == 3
+    assert [c[c.index("--precision") + 1] for c in commands if "--precision" in c] == ["auto", "bf16"]
+    assert [r.precision for r in results] == ["auto", "bf16"] and all(r.upstream is results[0].upstream
+                                                                      for r in results)
+    assert all(r.agreement["same_numbering"] and r.agreement["min_dice"] == 1.0 and not r.note for r in results)

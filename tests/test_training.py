@@ -309,10 +309,15 @@ def test_full_training_path_on_tiny_data(tmp_path):
     bids = phantom.write_bids_dataset(tmp_path / "bids", 2, seed=7)
     nnunet = tmp_path / "nnUNet"
     _cli("prepare", str(bids), str(nnunet / "raw"), "--spacing", "4", cwd=tmp_path)
-    for dataset in ("101", "102"):
+    for dataset, precision in (("101", "fp32"), ("102", "bf16")):
         _cli("run", str(nnunet), "--dataset", dataset, "--planner", "default", "--tiny-plans", "--epochs", "1",
              "--iterations-per-epoch", "2", "--val-iterations", "1", "--device", "cpu", "--processes", "1",
-             cwd=tmp_path)
+             "--precision", precision, cwd=tmp_path)
+    import torch
+
+    for checkpoint in (nnunet / "results").glob("Dataset*/*/fold_0/checkpoint_final.pth"):  # bf16 too: fp32 weights
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+        assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}, checkpoint
     _cli("export", str(nnunet / "results"), str(tmp_path / "exports"), "--release", "ci", cwd=tmp_path)
 
     paths = weights.install(tmp_path / "exports", tmp_path / "weights", "ci")
@@ -410,6 +415,52 @@ def test_demo_recipe_runs_the_warm_restart_once_and_resumes(tmp_path, monkeypatc
 # The lite recipe
 
 
+def test_training_precision_auto_is_bf16_only_where_the_cpu_has_it():
+    from totalspineseg.training import nnunet
+
+    assert nnunet.train_precision("auto", "cpu", native_bf16=True) == "bf16"
+    assert nnunet.train_precision("auto", "cpu", native_bf16=False) == "fp32"
+    assert nnunet.train_precision("fp32", "cpu", native_bf16=True) == "fp32"
+    assert nnunet.train_precision("bf16", "cpu", native_bf16=True) == "bf16"
+    assert nnunet.train_precision("auto", "cuda") == "fp16"  # nnU-Net's own autocast
+    with pytest.raises(ValueError, match="training precision"):
+        nnunet.train_precision("fp16", "cpu")
+
+
+def test_bf16_training_forward_hands_fp32_outputs_to_the_loss_and_keeps_fp32_weights():
+    torch = pytest.importorskip("torch")
+    from totalspineseg.training import nnunet
+
+    class DeepSupervised(torch.nn.Module):  # nnU-Net's networks return one output per resolution in training
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 4, 3, padding=1)
+            self.head = torch.nn.Conv3d(4, 3, 1)
+            self.low = torch.nn.Conv3d(4, 3, 1, stride=2)
+
+        def forward(self, x):
+            features = torch.relu(self.conv(x))
+            return [self.head(features), self.low(features)]
+
+    torch.manual_seed(0)
+    network = DeepSupervised()
+    keys = list(network.state_dict())
+    x = torch.randn(2, 1, 8, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = [o.float() for o in network(x)]
+    fp32 = network(x)
+    nnunet._forward_in_bf16(network)
+    outputs = network(x)
+    assert [o.dtype for o in outputs] == [torch.float32, torch.float32]
+    for out, want, full in zip(outputs, expected, fp32, strict=True):
+        assert torch.equal(out, want)  # computed under bf16 autocast ...
+        assert not torch.equal(out, full) and torch.allclose(out, full, atol=0.05)  # ... close to fp32
+    sum(o.square().mean() for o in outputs).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in network.parameters())
+    assert list(network.state_dict()) == keys  # checkpoints unchanged: no wrapper in the module tree
+    assert {v.dtype for v in network.state_dict().values()} == {torch.float32}
+
+
 def test_initial_weights_are_loaded_whole_or_refused(tmp_path):
     torch = pytest.importorskip("torch")
     from totalspineseg.errors import TotalSpineSegError
@@ -448,6 +499,7 @@ def test_lite_recipe_starts_from_its_init_once_and_resumes(tmp_path, monkeypatch
 
     def fake_train(dirs, dataset_id, plans_name, device, settings, threads):
         calls.append((dataset_id, plans_name, settings.epochs, settings.initial_weights))
+        assert settings.precision == "auto"  # a new stage trains in bf16 where the CPU computes it natively
         fold = dirs.model_folder(dataset_id, plans_name) / "fold_0"
         fold.mkdir(parents=True, exist_ok=True)
 
@@ -488,8 +540,9 @@ def test_lite_stages_chain_each_from_the_weights_of_the_one_before(tmp_path, mon
         assert settings.init == str(before)  # every later one from the model the stage before unpacked
     for (_, settings, _), stage in zip(runs, stages, strict=True):
         assert (settings.seed, settings.n_synth, settings.n_phantoms, list(settings.epochs),
-                settings.synth_version) == (stage["seed"], stage["n_synth"], stage["n_phantoms"], stage["epochs"],
-                                            stage["synth_version"])
+                settings.synth_version, settings.precision) == (stage["seed"], stage["n_synth"], stage["n_phantoms"],
+                                                                stage["epochs"], stage["synth_version"],
+                                                                stage["precision"])
     assert last == runs[-1][2]
     assert unpacked == [([tmp_path / f"stage{stages[-1]['stage']}" / "exports" / n for n in ("step1.zip",
                                                                                         "step2.zip")],

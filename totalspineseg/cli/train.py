@@ -16,6 +16,9 @@ PROG = "totalspineseg-train"
 DESCRIPTION = ("Train TotalSpineSeg models: prepare the two nnU-Net datasets from labelled BIDS data, plan and train "
                "them with nnU-Net, export release zips, or build the demo model from synthetic phantoms.")
 log = logging.getLogger("totalspineseg")
+TRAIN_PRECISION_HELP = ("of the training forward pass on the CPU: auto = bf16 where the CPU computes it natively (AMX "
+                        "or AVX512-BF16; 1.6-1.8x faster training steps of the lite network), fp32 elsewhere; "
+                        "weights and optimizer stay fp32. On CUDA nnU-Net's fp16 autocast is used whatever is asked")
 
 EPILOG = f"""\
 a full training, as upstream lays it out under $TOTALSPINESEG_DATA/nnUNet:
@@ -85,6 +88,8 @@ def _add_run(sub) -> None:
     p.add_argument("--skip-planning", action="store_true", help="reuse the existing plans and preprocessed data")
     p.add_argument("--continue-training", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help=TRAIN_PRECISION_HELP + " (default auto)")
 
 
 def _add_export(sub) -> None:
@@ -119,6 +124,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--processes", type=int, default=d.processes, help="worker processes for data preparation")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+                   help=TRAIN_PRECISION_HELP + " (default %(default)s: the shipped demo model's)")
     p.add_argument("--threads", type=int, help="CPU training threads (default: all allowed CPUs; on a busy shared "
                                                "machine 1 can be several times faster)")
     p.add_argument("--bundle", type=Path, metavar="DIR",
@@ -156,6 +163,9 @@ def _add_lite(sub) -> None:
                         "thread); the export needs both")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--processes", type=int, default=d.processes, help="worker processes for the images")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+                   help=TRAIN_PRECISION_HELP + " (default %(default)s; --all-stages uses each stage's recorded "
+                                               "precision)")
     p.add_argument("--threads", type=int, help="CPU training threads (default: all allowed CPUs)")
     p.add_argument("--bundle", type=Path, metavar="DIR",
                    help="also unpack the models into DIR (totalspineseg/resources/lite to ship them)")
@@ -197,7 +207,7 @@ def _run(args) -> int:
                                      _override(args), args.processes)
     training.write_splits(dirs, args.dataset)
     settings = training.TrainSettings(args.epochs, args.iterations_per_epoch, args.val_iterations, args.seed,
-                                      args.continue_training)
+                                      args.continue_training, precision=args.precision)
     folder = training.train(dirs, args.dataset, plans_name, args.configuration, args.fold, args.device, settings,
                             args.threads)
     print(folder)
@@ -218,7 +228,7 @@ def _demo(args) -> int:
     settings = demo_recipe.DemoSettings(n_cases=args.cases, seed=args.seed, epochs=tuple(args.epochs),
                                         restart_epochs=tuple(args.restart_epochs), restarts=tuple(args.restarts),
                                         iterations_per_epoch=args.iterations_per_epoch, processes=args.processes,
-                                        threads=args.threads)
+                                        threads=args.threads, precision=args.precision)
     for path in demo_recipe.train_demo(args.out_dir, settings, args.device, args.bundle, progress=not args.quiet):
         print(path)
     return 0
@@ -235,7 +245,8 @@ def _lite(args) -> int:
     settings = lite_recipe.LiteSettings(n_synth=args.synthetic, n_phantoms=args.phantoms, seed=args.seed,
                                         epochs=tuple(args.epochs), iterations_per_epoch=args.iterations_per_epoch,
                                         processes=args.processes, threads=args.threads, init=init,
-                                        steps=tuple(sorted(set(args.steps))), synth_version=args.synth_version)
+                                        steps=tuple(sorted(set(args.steps))), synth_version=args.synth_version,
+                                        precision=args.precision)
     for path in lite_recipe.train_lite(args.out_dir, settings, args.device, args.bundle, progress=not args.quiet):
         print(path)
     return 0

@@ -118,6 +118,7 @@ class DemoSettings:
     val_iterations_per_epoch: int = 2
     processes: int = 2
     threads: int | None = None  # CPU training threads; None = all allowed CPUs
+    precision: str = "fp32"  # of the training forward pass; the shipped demo model was trained in fp32
 
     def stages(self, step: int) -> tuple[int, ...]:
         """Cumulative epoch totals of the training stages of step 1 or 2."""
@@ -148,7 +149,7 @@ def train_demo(out_dir, settings: DemoSettings = DemoSettings(), device: str = "
                     continue
                 run = TrainSettings(total, settings.iterations_per_epoch, settings.val_iterations_per_epoch,
                                     settings.seed, continue_training=True, save_every=5,
-                                    oversample_foreground=OVERSAMPLE_FOREGROUND)
+                                    oversample_foreground=OVERSAMPLE_FOREGROUND, precision=settings.precision)
                 training.train(dirs, dataset_id, PLANS_NAME, device=device, settings=run, threads=settings.threads)
                 (fold / STAGE_FILE).write_text(json.dumps({"epochs": total}))
     zips = training.export_release(dirs.results, out_dir / "exports", RELEASE)

@@ -53,6 +53,7 @@ class LiteSettings:
     init: str | None = "demo"  # demo | lite | a model root folder | None (random)
     steps: tuple[int, ...] = (1, 2)
     synth_version: int = synthseg.SYNTH_VERSION  # what `synthseg.draw_spec` draws (1 = stage 1's images)
+    precision: str = "auto"  # of the training forward pass: auto = bf16 on a CPU with native bf16 (see nnunet.train)
 
 
 #: The stages that made the shipped model, in order (each one a run of `train_lite` with these settings). The
@@ -62,13 +63,13 @@ STAGES = (
     # 2026-12-01, CPU (2 cores, the two steps side by side with one thread each, ~115 s an epoch); rendered with
     # anatomy library version 4.
     {"stage": 1, "init": "demo", "n_synth": 360, "n_phantoms": 80, "seed": 0, "epochs": [36, 36],
-     "synth_version": 1},
+     "synth_version": 1, "precision": "fp32"},
     # 2026-12-01, CPU as above, ~60 s an epoch; anatomy library version 5, sacral remnants and texture.
     {"stage": 2, "init": "lite", "n_synth": 240, "n_phantoms": 40, "seed": 1, "epochs": [48, 48],
-     "synth_version": 2},
+     "synth_version": 2, "precision": "fp32"},
     # 2026-12-01, the same images as stage 2 (same seed), 30 more epochs.
     {"stage": 3, "init": "lite", "n_synth": 240, "n_phantoms": 40, "seed": 1, "epochs": [30, 30],
-     "synth_version": 2},
+     "synth_version": 2, "precision": "fp32"},
 )
 
 
@@ -148,9 +149,11 @@ def train_lite(out_dir, settings: LiteSettings = LiteSettings(), device: str = "
                 run = TrainSettings(total, settings.iterations_per_epoch, settings.val_iterations_per_epoch,
                                     settings.seed, continue_training=True, save_every=5,
                                     oversample_foreground=demo_recipe.OVERSAMPLE_FOREGROUND,
-                                    initial_weights=initial_checkpoint(settings.init, step))
+                                    initial_weights=initial_checkpoint(settings.init, step),
+                                    precision=settings.precision)
                 training.train(dirs, dataset_id, PLANS_NAME, device=device, settings=run, threads=settings.threads)
-                (fold / STAGE_FILE).write_text(json.dumps({"epochs": total, "init": settings.init}))
+                (fold / STAGE_FILE).write_text(json.dumps({"epochs": total, "init": settings.init,
+                                                           "precision": settings.precision}))
     zips: list[Path] = []
     if set(settings.steps) == {1, 2}:
         zips = training.export_release(dirs.results, out_dir / "exports", RELEASE)
@@ -165,7 +168,7 @@ def train_lite(out_dir, settings: LiteSettings = LiteSettings(), device: str = "
 def stage_settings(stage: dict, init: str | None, processes: int = 2, threads: int | None = None) -> LiteSettings:
     return LiteSettings(n_synth=stage["n_synth"], n_phantoms=stage["n_phantoms"], seed=stage["seed"],
                         epochs=tuple(stage["epochs"]), init=init, synth_version=stage["synth_version"],
-                        processes=processes, threads=threads)
+                        precision=stage.get("precision", "fp32"), processes=processes, threads=threads)
 
 
 def train_stages(out_dir, bundle: Path | None = None, device: str = "auto", processes: int = 2,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import TotalSpineSegError
-from ..runtime import nnunet_output, resolve_precision, resolve_threads
+from ..runtime import cpu_has_native_bf16, nnunet_output, resolve_precision, resolve_threads
 from ..weights import CHECKPOINT_NAMES
 from .dataset import DATASET_NAMES, FILE_ENDING, grouped_splits
 
@@ -274,7 +274,10 @@ def train_precision(requested: str, device: str, native_bf16: bool | None = None
         raise ValueError(f"training precision must be auto, fp32 or bf16, not {requested!r}")
     if device == "cuda":
         return "fp16"
-    return resolve_precision(requested, "cpu", native_bf16)
+    native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+    if requested == "auto":  # unlike inference's auto: a model trained in bf16 is scored on its own, not against fp32
+        return "bf16" if native else "fp32"
+    return resolve_precision(requested, "cpu", native)
 
 
 def _forward_in_bf16(network) -> None:
