@@ -461,6 +461,29 @@ def test_bf16_training_forward_hands_fp32_outputs_to_the_loss_and_keeps_fp32_wei
     assert {v.dtype for v in network.state_dict().values()} == {torch.float32}
 
 
+def test_bf16_training_builds_the_network_once_whether_or_not_weights_were_loaded():
+    torch = pytest.importorskip("torch")
+    from totalspineseg.training import nnunet
+
+    class Trainer:  # nnU-Net's initialize() refuses a second call
+        def __init__(self, initialized):
+            self.was_initialized, self.calls = initialized, 0
+            self.network = torch.nn.Conv3d(1, 2, 1) if initialized else None
+
+        def initialize(self):
+            if self.was_initialized:
+                raise RuntimeError("You have called self.initialize even though the trainer was already initialized")
+            self.calls, self.was_initialized, self.network = self.calls + 1, True, torch.nn.Conv3d(1, 2, 1)
+
+    x = torch.randn(1, 1, 4, 4, 4)
+    for initialized in (True, False):  # initial weights or a checkpoint loaded / a new training
+        trainer = Trainer(initialized)
+        assert nnunet._set_precision(trainer, "bf16") == "bf16"
+        assert trainer.calls == (0 if initialized else 1) and trainer.network(x).dtype == torch.float32
+    plain = Trainer(False)
+    assert nnunet._set_precision(plain, "fp32") == "fp32" and plain.calls == 0 and plain.network is None
+
+
 def test_initial_weights_are_loaded_whole_or_refused(tmp_path):
     torch = pytest.importorskip("torch")
     from totalspineseg.errors import TotalSpineSegError

@@ -257,10 +257,7 @@ def train(dirs: NnUNetDirs, dataset_id: int, plans_name: str = "nnUNetPlans", co
             pass
         elif settings.initial_weights is not None:
             _load_initial_weights(trainer, Path(settings.initial_weights))
-        precision = train_precision(settings.precision, device)
-        if precision == "bf16":
-            trainer.initialize()  # builds the network (a no-op when a checkpoint or initial weights did)
-            _forward_in_bf16(trainer.network)
+        precision = _set_precision(trainer, train_precision(settings.precision, device))
         log.info("training on %s, forward pass in %s", device, precision)
         _seed_everything(settings.seed)
         trainer.run_training()
@@ -278,6 +275,15 @@ def train_precision(requested: str, device: str, native_bf16: bool | None = None
     if requested == "auto":  # unlike inference's auto: a model trained in bf16 is scored on its own, not against fp32
         return "bf16" if native else "fp32"
     return resolve_precision(requested, "cpu", native)
+
+
+def _set_precision(trainer: nnUNetTrainer, precision: str) -> str:
+    """Make `trainer` train in `precision` (bf16: the forward pass under CPU autocast); returns it."""
+    if precision == "bf16":
+        if not trainer.was_initialized:  # loading a checkpoint or initial weights has built the network already
+            trainer.initialize()
+        _forward_in_bf16(trainer.network)
+    return precision
 
 
 def _forward_in_bf16(network) -> None:
