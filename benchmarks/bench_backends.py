@@ -11,8 +11,11 @@ ONNX Runtime, OpenVINO and the ``onnx`` exporter are not project dependencies. I
     .venv/bin/python benchmarks/bench_backends.py [--weights demo] [--threads 1] [--rounds 10] [--compile]
 
 (``--install`` runs ``pip install --target benchmarks/_out/backends onnx onnxruntime openvino``; the script puts
-that folder on its path.) ``--weights`` takes a model folder too, e.g. the ResEnc-L folders of
-``bench_pipeline.py``: ``benchmarks/_out/bench_pipeline/weights/nnUNet/results``.
+that folder on its path.) ``--pipeline HINT`` instead runs the whole pipeline on ``bench_pipeline.py``'s 1 mm
+whole-spine phantom with both networks swapped for OpenVINO ones (``f32`` or ``bf16``), nnU-Net's sliding window,
+Gaussian accumulation and export unchanged, and prints the stage times: what an integrated backend would give.
+``--weights`` takes a model folder too, e.g. the ResEnc-L folders of ``bench_pipeline.py``:
+``benchmarks/_out/bench_pipeline/weights/nnUNet/results``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,57 @@ def timed(fn, rounds: int, reference=None) -> dict:
     return row
 
 
+def openvino_network(network, n_channels: int, patch: tuple, hint: str, threads: int, out: Path):
+    """A torch module that runs `network`'s forward pass in OpenVINO (exported through ONNX, compiled for the CPU)."""
+    import openvino as ov
+    import torch
+
+    onnx_file = out / f"network_{n_channels}ch.onnx"
+    torch.onnx.export(network, (torch.zeros(1, n_channels, *patch),), str(onnx_file), dynamo=False,
+                      opset_version=17, input_names=["x"], output_names=["y"])
+    compiled = ov.Core().compile_model(str(onnx_file), "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                                "INFERENCE_NUM_THREADS": threads})
+
+    class OpenVINONetwork(torch.nn.Module):
+        def load_state_dict(self, *args, **kwargs):  # nnU-Net reloads the weights per call: compiled in already
+            return None
+
+        def forward(self, x):
+            return torch.from_numpy(compiled({"x": x.detach().cpu().numpy()})[0])
+
+    return OpenVINONetwork()
+
+
+def run_pipeline(args) -> int:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_pipeline
+
+    from totalspineseg import weights
+    from totalspineseg.pipeline import Models, PipelineOptions, segment
+    from totalspineseg.synth import phantom
+    from totalspineseg.volume import save_nifti
+
+    root = bench_pipeline.build_weights(ROOT / "benchmarks" / "_out" / "bench_pipeline" / "weights", (64, 256, 320))
+    args.out.mkdir(parents=True, exist_ok=True)
+    ph = phantom.make_phantom(seed=3, fov="whole")
+    image = save_nifti(args.out / "whole_T2w.nii.gz", ph.image, ph.affine)
+    models = Models.load(weights.resolve_model(str(root)), device="cpu", threads=args.threads, precision="fp32")
+    start = time.perf_counter()
+    for model in (models.step1, models.step2):
+        predictor = model._predictor
+        predictor.network = openvino_network(predictor.network.eval(), model.n_channels,
+                                             tuple(model.configuration_manager.patch_size), args.pipeline,
+                                             args.threads, args.out)
+    convert = time.perf_counter() - start
+    result = segment(image, models, options=PipelineOptions(progress=False))
+    timings = {k: round(v, 1) for k, v in result.timings.items()}
+    total = sum(result.timings.values())
+    print(json.dumps({"openvino_hint": args.pipeline, "threads": args.threads, "shape": list(ph.image.shape),
+                      "convert_and_compile_s": round(convert, 1), "timings_s": timings,
+                      "total_s": round(total, 1)}, indent=2))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default="demo")
@@ -58,6 +112,7 @@ def main() -> int:
     p.add_argument("--skip", nargs="*", default=[], choices=["onnxruntime", "openvino"])
     p.add_argument("--install", action="store_true", help=f"pip install {' '.join(EXTRA_PACKAGES)} into {EXTRA}")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "_out" / "bench_backends")
+    p.add_argument("--pipeline", choices=["f32", "bf16"], help="the whole pipeline with OpenVINO networks")
     args = p.parse_args()
     if args.install:
         return subprocess.call([sys.executable, "-m", "pip", "install", "--target", str(EXTRA), *EXTRA_PACKAGES])
@@ -69,6 +124,8 @@ def main() -> int:
     from totalspineseg.runtime import cpu_has_native_bf16
 
     torch.set_num_threads(args.threads)
+    if args.pipeline:
+        return run_pipeline(args)
     model = load_model(weights.resolve_model(args.weights).step1, device="cpu", threads=args.threads)
     network = model._predictor.network.eval()
     patch = tuple(model.configuration_manager.patch_size)
