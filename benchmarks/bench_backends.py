@@ -52,14 +52,21 @@ def timed(fn, rounds: int, reference=None) -> dict:
     return row
 
 
+def export_onnx(network, example, path: Path) -> Path:
+    """`network` as an ONNX file (opset 17, input "x", output "y"), traced on `example`."""
+    import torch
+
+    torch.onnx.export(network, (example,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      output_names=["y"])
+    return path
+
+
 def openvino_network(network, n_channels: int, patch: tuple, hint: str, threads: int, out: Path):
     """A torch module that runs `network`'s forward pass in OpenVINO (exported through ONNX, compiled for the CPU)."""
     import openvino as ov
     import torch
 
-    onnx_file = out / f"network_{n_channels}ch.onnx"
-    torch.onnx.export(network, (torch.zeros(1, n_channels, *patch),), str(onnx_file), dynamo=False,
-                      opset_version=17, input_names=["x"], output_names=["y"])
+    onnx_file = export_onnx(network, torch.zeros(1, n_channels, *patch), out / f"network_{n_channels}ch.onnx")
     compiled = ov.Core().compile_model(str(onnx_file), "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                                 "INFERENCE_NUM_THREADS": threads})
 
@@ -131,9 +138,7 @@ def main() -> int:
     patch = tuple(model.configuration_manager.patch_size)
     x = torch.randn(1, model.n_channels, *patch, generator=torch.Generator().manual_seed(0))
     args.out.mkdir(parents=True, exist_ok=True)
-    onnx_file = args.out / "step1.onnx"
-    torch.onnx.export(network, (x,), str(onnx_file), dynamo=False, opset_version=17, input_names=["x"],
-                      output_names=["y"])
+    onnx_file = export_onnx(network, x, args.out / "step1.onnx")
     xn = x.numpy()
     report = {"weights": str(args.weights), "patch": list(patch), "threads": args.threads, "rounds": args.rounds,
               "native_bf16": cpu_has_native_bf16(), "load_average": round(os.getloadavg()[0], 1), "backends": {}}

@@ -23,6 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from totalspineseg.runtime import PRECISIONS  # noqa: E402
+
 
 def build_weights(root: Path, dataset_shape) -> Path:
     from model_factory import make_model_folder
@@ -54,7 +56,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset-shape", type=int, nargs=3, default=(64, 256, 320))
     ap.add_argument("--out", type=Path, default=HERE / "_out" / "bench_pipeline")
     ap.add_argument("--fov", default="whole")
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="of the forward passes, as the CLI's --precision (default auto)")
     args = ap.parse_args(argv)
 

@@ -3,10 +3,10 @@
 For each step of ``--weights`` (default the bundled lite model, the network the lite recipe trains), builds an
 ``nnUNetTrainer`` from the model's plans and dataset.json, starts it from the model's weights, and times
 ``train_step`` (forward, deep-supervision loss, backward, gradient clipping, SGD step) on random batches of the
-plans' batch and patch size, fp32 and bf16 alternating in rotating order. The forward pass in bf16 is the recipe's
-(``training.nnunet._forward_in_bf16``). Data augmentation is left out: it costs the same in both precisions.
-The loss of the first batch is reported for both, from the same weights, as a check that bf16 trains the same
-objective.
+plans' batch and patch size, fp32 and bf16 alternating in rotating order (``bench_forward.rounds_of``). The
+forward pass in bf16 is the recipe's (``training.nnunet._forward_in_bf16``). Data augmentation is left out: it
+costs the same in both precisions. The loss of the first batch is reported for both, from the same weights, as a
+check that bf16 trains the same objective.
 
     .venv/bin/python benchmarks/bench_train_precision.py [--weights lite] [--steps 1 2] [--rounds 6] [--threads 2]
 """
@@ -14,17 +14,18 @@ objective.
 from __future__ import annotations
 
 import argparse
-import copy
+import itertools
 import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_forward import rounds_of  # noqa: E402
 
 from totalspineseg import weights  # noqa: E402
 from totalspineseg.runtime import cpu_has_native_bf16, resolve_threads  # noqa: E402
@@ -75,19 +76,6 @@ def random_batch(trainer, seed: int) -> dict:
     return {"data": data, "target": targets if len(targets) > 1 else targets[0]}
 
 
-def time_steps(trainers: dict, batches: list[dict], rounds: int) -> dict[str, list[float]]:
-    times = {name: [] for name in trainers}
-    for trainer in trainers.values():  # warm-up: allocations and oneDNN primitive creation
-        trainer.train_step(batches[0])
-    names = list(trainers)
-    for i in range(rounds):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            start = time.perf_counter()
-            trainers[name].train_step(batches[i % len(batches)])
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def bench_step(paths, step: int, rounds: int, work: Path) -> dict:
     import torch
 
@@ -98,10 +86,15 @@ def bench_step(paths, step: int, rounds: int, work: Path) -> dict:
     batches = [random_batch(fp32, seed) for seed in range(2)]
     first = {}
     for name, trainer in (("fp32", fp32), ("bf16", bf16)):
-        probe = copy.deepcopy(trainer.network)
         with torch.no_grad():
-            first[name] = round(float(trainer.loss(probe(batches[0]["data"]), batches[0]["target"])), 4)
-    times = time_steps({"fp32": fp32, "bf16": bf16}, batches, rounds)
+            first[name] = round(float(trainer.loss(trainer.network(batches[0]["data"]), batches[0]["target"])), 4)
+
+    def steps(trainer):
+        batch = itertools.cycle(batches)
+        return lambda: trainer.train_step(next(batch))
+
+    times = {name: [wall for wall, _ in t] for name, t in
+             rounds_of({"fp32": steps(fp32), "bf16": steps(bf16)}, rounds).items()}
     cm = fp32.configuration_manager
     row = {"step": step, "patch": list(cm.patch_size), "batch": cm.batch_size,
            "features": list(cm.network_arch_init_kwargs.get("features_per_stage", [])), "first_loss": first}

@@ -47,6 +47,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
+from totalspineseg.runtime import PRECISIONS  # noqa: E402
+
 UPSTREAM = "totalspineseg==20260807"
 NO_DEPS = (UPSTREAM, "nnunetv2==2.8.1", "dynamic-network-architectures==0.4.4", "auglab==20260109")
 # What upstream's inference imports beyond nnunetv2's dependencies, read from the wheel's imports: torchio
@@ -448,7 +450,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="CPU threads / workers of both tools (default: the CPUs of this process)")
-    p.add_argument("--precision", nargs="+", default=["auto"], choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS,
                    help="this project's --precision; several run this project once each against one upstream run "
                         "(upstream runs fp32)")
     p.add_argument("--small", action="store_true", help="a small cervical phantom: a quick check, not a measurement")

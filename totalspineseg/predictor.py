@@ -214,6 +214,7 @@ class LoadedModel:
         self.device = device
         self.threads = threads
         self.precision = precision  # "fp32", "bf16" or "fp16" (see runtime.resolve_precision)
+        self._layout = None  # the network's memory format, set per prediction by _set_layout
         # labels and probability maps computed where the logits are (CUDA) instead of nnU-Net's CPU export
         self.outputs_on_device = device.type == "cuda"
         self.plans_manager = PlansManager(folder.plans)
@@ -259,7 +260,7 @@ class LoadedModel:
         import torch
 
         layout = torch.channels_last_3d if self.device.type == "cpu" and self.precision == "bf16" else None
-        if layout != getattr(self, "_layout", None):
+        if layout != self._layout:
             self._predictor.network.to(memory_format=layout or torch.contiguous_format)
             self._layout = layout
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import training
 from ..console import ArgumentParser, add_logging_options, run_command
 from ..errors import UsageError
+from ..training.nnunet import TRAIN_PRECISIONS
 
 PROG = "totalspineseg-train"
 DESCRIPTION = ("Train TotalSpineSeg models: prepare the two nnU-Net datasets from labelled BIDS data, plan and train "
@@ -88,7 +89,7 @@ def _add_run(sub) -> None:
     p.add_argument("--skip-planning", action="store_true", help="reuse the existing plans and preprocessed data")
     p.add_argument("--continue-training", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default="auto",
                    help=TRAIN_PRECISION_HELP + " (default auto)")
 
 
@@ -124,7 +125,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--processes", type=int, default=d.processes, help="worker processes for data preparation")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=d.precision,
                    help=TRAIN_PRECISION_HELP + " (default %(default)s: the shipped demo model's)")
     p.add_argument("--threads", type=int, help="CPU training threads (default: all allowed CPUs; on a busy shared "
                                                "machine 1 can be several times faster)")
@@ -163,7 +164,7 @@ def _add_lite(sub) -> None:
                         "thread); the export needs both")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--processes", type=int, default=d.processes, help="worker processes for the images")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=d.precision,
                    help=TRAIN_PRECISION_HELP + " (default %(default)s; --all-stages uses each stage's recorded "
                                                "precision)")
     p.add_argument("--threads", type=int, help="CPU training threads (default: all allowed CPUs)")

@@ -264,10 +264,13 @@ def train(dirs: NnUNetDirs, dataset_id: int, plans_name: str = "nnUNetPlans", co
     return Path(trainer.output_folder_base)
 
 
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+
+
 def train_precision(requested: str, device: str, native_bf16: bool | None = None) -> str:
     """The precision of a training forward pass: on the CPU, `auto` is bf16 where it is native (AMX or
     AVX512-BF16) and fp32 otherwise; on CUDA nnU-Net trains under its own fp16 autocast, whatever is asked."""
-    if requested not in ("auto", "fp32", "bf16"):
+    if requested not in TRAIN_PRECISIONS:
         raise ValueError(f"training precision must be auto, fp32 or bf16, not {requested!r}")
     if device == "cuda":
         return "fp16"
