@@ -1,4 +1,4 @@
-"""bf16 (or fp16) autocast against fp32, on the same loaded networks: agreement and speed.
+"""bf16 (or fp16) autocast, or another backend, against torch fp32, on the same weights: agreement and speed.
 
 For every held-out phantom of the demo recipe (its localizer first where it needs one) and every real scan in
 ../shared/data/real, the pipeline runs once per precision; reported per image:
@@ -8,10 +8,12 @@ For every held-out phantom of the demo recipe (its localizer first where it need
 * the step-2 crop box: largest shift of its corner or size, in voxels (target <= 1);
 * the time of the two forward passes in each precision.
 
-    .venv/bin/python benchmarks/bench_precision.py [--weights demo] [--precision bf16] [--no-real] [--json FILE]
+    .venv/bin/python benchmarks/bench_precision.py [--weights demo] [--precision bf16] [--backend torch]
+        [--no-real] [--json FILE]
 
-Prints a Markdown table for benchmarks/RESULTS.md. `--precision auto` may pick a precision only if every row
-passes (see totalspineseg/runtime.py).
+`--backend openvino` (with `--precision fp32` or `bf16`) runs the candidate in OpenVINO, the reference staying
+torch fp32. Prints a Markdown table for benchmarks/RESULTS.md. `--precision auto` (and `--backend auto`) may pick
+a candidate only if every row passes (see totalspineseg/runtime.py, totalspineseg/openvino_backend.py).
 """
 
 from __future__ import annotations
@@ -43,16 +45,16 @@ def run(models: Models, image: volume.Volume, localizer) -> tuple:
     return result, forward_seconds(result)
 
 
-def compare(name: str, models: Models, image: volume.Volume, loc_image: volume.Volume | None, precision: str) -> dict:
-    outputs = {}
-    for p in ("fp32", precision):
-        set_model_option(models, "precision", p)
+def compare(name: str, reference: Models, candidate: Models, image: volume.Volume,
+            loc_image: volume.Volume | None) -> dict:
+    outputs = []
+    for models in (reference, candidate):
         localizer = None
         if loc_image is not None:
             loc_result, _ = run(models, loc_image, None)
             localizer = volume.Volume(loc_result.final.step2, loc_image.affine)
-        outputs[p] = run(models, image, localizer)
-    (ref, t_ref), (new, t_new) = outputs["fp32"], outputs[precision]
+        outputs.append(run(models, image, localizer))
+    (ref, t_ref), (new, t_new) = outputs
     return {"image": name, **agreement(ref, new), "forward_fp32_s": round(t_ref, 2), "forward_s": round(t_new, 2)}
 
 
@@ -77,26 +79,34 @@ def cases(real: bool, fovs: list[str] | None):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", default="demo")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16"])
+    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--backend", default="torch", choices=["torch", "openvino"])
     p.add_argument("--no-real", action="store_true")
     p.add_argument("--fov", nargs="+", help="only the held-out phantoms of these fields of view")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "_out" / "bench_precision.json")
     args = p.parse_args()
-    models = Models.load(weights.resolve_model(args.weights), "cpu", args.threads, precision="fp32")
+    paths = weights.resolve_model(args.weights)
+    reference = Models.load(paths, "cpu", args.threads, precision="fp32")
+    if args.backend == "torch":
+        candidate = Models.load(paths, "cpu", args.threads, precision="fp32")
+        set_model_option(candidate, "precision", args.precision)
+    else:
+        candidate = Models.load(paths, "cpu", args.threads, precision=args.precision, backend=args.backend)
+    label = args.precision if args.backend == "torch" else f"{args.backend} {args.precision}"
     rows = []
     for name, image, loc in cases(not args.no_real, args.fov):
         try:
-            rows.append(compare(name, models, image, loc, args.precision))
+            rows.append(compare(name, reference, candidate, image, loc))
         except TotalSpineSegError as exc:
             rows.append({"image": name, "error": str(exc), "passes": False})
         print(f"  {rows[-1]}", file=sys.stderr, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2))
-    print(f"## {args.precision} against fp32, weights {args.weights} ({time.strftime('%Y-%m-%d')}, "
+    print(f"## {label} against torch fp32, weights {args.weights} ({time.strftime('%Y-%m-%d')}, "
           f"{platform.processor() or platform.machine()}, native bf16: {cpu_has_native_bf16()})\n")
     print("| image | same numbering | lowest Dice (label) | crop box shift (voxels) | forward fp32 (s) | "
-          f"forward {args.precision} (s) | passes |\n|---|---|---|---|---|---|---|")
+          f"forward {label} (s) | passes |\n|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['image']} | error: {r['error']} | | | | | no |")
@@ -107,7 +117,7 @@ def main() -> int:
     ok = [r for r in rows if "error" not in r]
     t32, t16 = sum(r["forward_fp32_s"] for r in ok), sum(r["forward_s"] for r in ok)
     print(f"\n{sum(r['passes'] for r in rows)}/{len(rows)} pass; forward passes in all: fp32 {t32:.1f} s, "
-          f"{args.precision} {t16:.1f} s ({t32 / max(t16, 1e-9):.2f}x)")
+          f"{label} {t16:.1f} s ({t32 / max(t16, 1e-9):.2f}x)")
     return 0
 
 

@@ -20,7 +20,7 @@ random step-1 weights rarely give the landmark upstream needs to go on). The Res
 ``bench_pipeline.build_weights``'s (cached under ``benchmarks/_out/bench_pipeline/weights``).
 
     nice -n 19 .venv/bin/python benchmarks/compare_upstream.py [--rows demo resencl-step1 demo+resencl]
-        [--threads N] [--precision auto [bf16 ...]] [--small] [--results]
+        [--threads N] [--precision auto [bf16 ...]] [--backend torch [openvino]] [--small] [--results]
 
 Prints one Markdown table; ``--results`` also writes it into its section of ``benchmarks/RESULTS.md``.
 ``--small`` runs on a small cervical phantom: a quick check that everything works, not a measurement.
@@ -47,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
+from totalspineseg.openvino_backend import BACKENDS  # noqa: E402
 from totalspineseg.runtime import PRECISIONS  # noqa: E402
 
 UPSTREAM = "totalspineseg==20260807"
@@ -318,10 +319,12 @@ def upstream_command(exe: Path, image: Path, out: Path, weights_root: Path, row:
     return command + (["--step1"] if row.step1_only else [])
 
 
-def project_command(image: Path, out: Path, weights_root: Path, row: Row, threads: int, precision: str) -> list[str]:
+def project_command(image: Path, out: Path, weights_root: Path, row: Row, threads: int, precision: str,
+                    backend: str = "torch") -> list[str]:
     exe = Path(sys.executable).parent / "totalspineseg"
     command = [str(exe), str(image), str(out), "--weights", str(weights_root), "--device", "cpu",
-               "--max-workers", str(threads), "--precision", precision, "--overwrite", "--quiet"]
+               "--max-workers", str(threads), "--precision", precision, "--backend", backend, "--overwrite",
+               "--quiet"]
     return command + (["--step1"] if row.step1_only else [])
 
 
@@ -348,14 +351,16 @@ class Result:
     project: Run | None = None
     agreement: dict = field(default_factory=dict)
     note: str = ""
-    precision: str = ""  # this project's --precision, where a row was run in more than one
+    precision: str = ""  # this project's --precision and --backend, where a row was run in more than one
 
 
 def run_row(row: Row, args, exe: Path, image: Path) -> list[Result]:
-    """Upstream once, then this project once per ``args.precision``: one Result per precision."""
+    """Upstream once, then this project once per precision and backend: one Result each. An OpenVINO run is
+    preceded by an untimed one that fills the converted-network cache, as after a first run on a machine."""
     work = args.work / "runs" / row.key
     weights_root = prepare_weights(row, args.work)
-    env = {**os.environ, "TOTALSPINESEG_DATA": str(weights_root)}
+    env = {**os.environ, "TOTALSPINESEG_DATA": str(weights_root),
+           "TOTALSPINESEG_OPENVINO_CACHE": str(args.work / "openvino_cache")}
 
     def measured(tool: str, command: list[str]) -> Run:
         shutil.rmtree(work / tool, ignore_errors=True)
@@ -364,11 +369,15 @@ def run_row(row: Row, args, exe: Path, image: Path) -> list[Result]:
     upstream = measured("upstream", upstream_command(exe, image, work / "upstream", weights_root, row, args.threads))
     up_note = f"upstream exited {upstream.returncode} (see {upstream.log}); " if upstream.returncode else ""
     results = []
-    for precision in args.precision:
-        tool = "project" if len(args.precision) == 1 else f"project_{precision}"
-        project = measured(tool, project_command(image, work / tool, weights_root, row, args.threads, precision))
+    variants = [(p, b) for p in args.precision for b in args.backend]
+    for precision, backend in variants:
+        tool = "project" if len(variants) == 1 else f"project_{precision}_{backend}"
+        command = project_command(image, work / tool, weights_root, row, args.threads, precision, backend)
+        if backend != "torch":
+            measured(tool, command)  # untimed: the network converted and compiled once
+        project = measured(tool, command)
         result = Result(row, upstream, project, note=up_note,
-                        precision=precision if len(args.precision) > 1 else "")
+                        precision=f"--precision {precision} --backend {backend}" if len(variants) > 1 else "")
         if project.returncode:
             result.note += f"this project exited {project.returncode} (see {project.log}); "
         paths = [final_output(work / t, image, row) for t in ("upstream", tool)]
@@ -407,7 +416,7 @@ def format_table(results: list[Result]) -> str:
         speed = f"{up.seconds / me.seconds:.2f}x faster" if ok and me.seconds else "-"
         ram = f"{me.peak_bytes / up.peak_bytes:.2f}x" if ok and up.peak_bytes else "-"
         text = agreement_text(r.agreement) + (f" ({r.note.strip('; ')})" if r.note else "")
-        title = r.row.title + (f", this project `--precision {r.precision}`" if r.precision else "")
+        title = r.row.title + (f", this project `{r.precision}`" if r.precision else "")
         lines.append(f"| {title} | {cells[0]} | {cells[1]} | {speed} | {ram} | {text} |")
     return "\n".join(lines)
 
@@ -421,7 +430,8 @@ def machine_line(args, image_shape) -> str:
             f"load average {load} at the end), Python {platform.python_version()}, torch {torch.__version__}; "
             f"input: phantom seed 0 {'cervical' if args.small else 'whole spine'}, "
             f"{' x '.join(map(str, image_shape))} at 1 mm; `--threads {args.threads}`, this project "
-            f"`--precision {' / '.join(args.precision)}`, upstream {UPSTREAM} (fp32). Peak RSS: the sum over the "
+            f"`--precision {' / '.join(args.precision)}` `--backend {' / '.join(args.backend)}` (an OpenVINO run "
+            f"after an untimed one that converts its networks), upstream {UPSTREAM} (fp32). Peak RSS: the sum over the "
             f"process and its descendants, sampled every 50 ms.")
 
 
@@ -453,6 +463,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS,
                    help="this project's --precision; several run this project once each against one upstream run "
                         "(upstream runs fp32)")
+    p.add_argument("--backend", nargs="+", default=["torch"], choices=BACKENDS,
+                   help="this project's --backend; with several precisions or backends, one run of this project each")
     p.add_argument("--small", action="store_true", help="a small cervical phantom: a quick check, not a measurement")
     p.add_argument("--venv", type=Path, default=DEFAULT_VENV, help=f"upstream's venv (default {DEFAULT_VENV})")
     p.add_argument("--work", type=Path, default=WORK, help=f"inputs, weights and outputs (default {WORK})")
@@ -477,7 +489,7 @@ def main(argv=None) -> int:
         print("\n".join(format_table(row_results).splitlines()[2:]), file=sys.stderr, flush=True)
     text = section(format_table(results), machine_line(args, shape))
     (args.work / "results.json").write_text(json.dumps(
-        [{"row": r.row.key, "precision": r.precision or args.precision[0],
+        [{"row": r.row.key, "variant": r.precision or f"--precision {args.precision[0]} --backend {args.backend[0]}",
           "upstream": vars(r.upstream) if r.upstream else None,
           "project": vars(r.project) if r.project else None, "agreement": r.agreement, "note": r.note}
          for r in results], indent=1, default=str))

@@ -401,10 +401,46 @@ def run(weights_names: list[str], scans: list[Scan], root: Path = REAL, device: 
             "summary": dict(zip(weights_names, summaries, strict=True))}
 
 
+def run_folds(trained_on: dict[str, str], scans: list[Scan], root: Path = REAL, device: str = "auto",
+              threads: int | None = None) -> dict:
+    """Cross-validation over the subject groups of `training.real_cases`: every scan scored by the model trained on
+    the other group (`trained_on`: group -> weights); scans of subjects never trained on by the first group's model.
+    One column group in the table; the per-scan rows say which model scored them."""
+    from totalspineseg.training.real_cases import SPLITS, group_of_image
+
+    if sorted(trained_on) != sorted(SPLITS):
+        raise ValueError(f"--folds needs one model per group {SPLITS}, got {sorted(trained_on)}")
+    counts = expected_counts(scans, root)
+    loaded = {g: load_models(name, device, threads) for g, name in trained_on.items()}
+    other = {a: b for a, b in zip(SPLITS, SPLITS[::-1], strict=True)}
+    results, scorer = [], {}
+    for scan in scans:
+        group = group_of_image(scan.image)
+        by = other[group] if group else SPLITS[0]
+        results.append(evaluate_scan(scan, loaded[by][1], root))
+        results[-1].found = f"[trained on {by}] " + results[-1].found
+        scorer[scan.name] = by
+        r = results[-1]
+        print(f"  [fold {by}] {scan.name}: {r.seconds:.1f} s; {r.found or 'failed'}; {r.score_text()}",
+              file=sys.stderr, flush=True)
+    summary = summarize(results, scans, counts)
+    name = "2-fold"
+    models = [(f"trained on {g}", f"trained on {g}: {desc}", m) for g, (desc, m) in loaded.items()]
+    header = header_line(models) + (" Cross-validation by subject group (training.real_cases.REAL_SCANS): each "
+                                    "scan scored by the model that did not train on its subject.")
+    return {"header": header, "table": markdown_table([name], [results], [summary]), "note": NOTE,
+            "models": [{"name": n, "weights": d, "device": m.device, "precision": m.precision} for n, d, m in models],
+            "scans": [asdict(s) for s in scans], "scored_by": scorer,
+            "results": {name: [r.to_dict() for r in results]}, "summary": {name: summary}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", action="append", help="demo, lite, official, a release name or a model folder; "
                    "repeat for a column group per model (default: demo)")
+    p.add_argument("--folds", nargs=2, metavar=("TRAINED_ON_A", "TRAINED_ON_B"),
+                   help="cross-validation instead of --weights: the models trained with --real A and --real B; each "
+                        "scan is scored by the one that did not train on its subject")
     p.add_argument("--scans", action="append", metavar="PATTERN",
                    help="only the scans whose name or image path matches (glob or substring); repeatable")
     p.add_argument("--root", type=Path, default=REAL, help=f"the real-data folder (default {REAL})")
@@ -422,7 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     if not scans:
         print(f"eval_real: no scan matches {args.scans} in {args.root}", file=sys.stderr)
         return 66
-    report = run(args.weights or ["demo"], scans, args.root, args.device, args.threads)
+    if args.folds:
+        report = run_folds(dict(zip(("A", "B"), args.folds, strict=True)), scans, args.root, args.device, args.threads)
+    else:
+        report = run(args.weights or ["demo"], scans, args.root, args.device, args.threads)
     text = f"{report['header']}\n\n{report['table']}\n"
     print(text)
     if args.markdown:

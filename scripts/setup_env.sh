@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ -x .venv/bin/python ] && [ -x .venv/bin/ruff ] && .venv/bin/python -c "import totalspineseg, nnunetv2, torch, bids, pytest" 2>/dev/null; then
+if [ -x .venv/bin/python ] && [ -x .venv/bin/ruff ] && .venv/bin/python -c "import totalspineseg, nnunetv2, torch, bids, pytest, openvino" 2>/dev/null; then
     exit 0
 fi
 "$PY" -m venv .venv

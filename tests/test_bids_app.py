@@ -120,7 +120,7 @@ def test_sidecars_carry_provenance(processed):
     assert meta["Sources"] == ["bids:raw:sub-02/anat/sub-02_T2w.nii.gz"]
     assert meta["SpatialReference"] == "orig" and meta["Manual"] is False
     assert meta["ModelRelease"] == "oracle" and meta["Device"] == "cpu" and meta["SoftwareVersion"]
-    assert meta["Precision"] == "fp32" and meta["TileStep"] == 0.5
+    assert meta["Precision"] == "fp32" and meta["TileStep"] == 0.5 and meta["Backend"] == "torch"
     soft = np.asarray(nib.load(processed.out / "sub-02/anat/sub-02_label-SC_probseg.nii.gz").dataobj)
     assert soft.dtype == np.float32 and 0 <= soft.min() and soft.max() <= 1 and soft.max() > 0.5
 

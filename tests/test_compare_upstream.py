@@ -112,7 +112,8 @@ def test_the_table_has_ratios_and_agreement(tmp_path):
     assert "same numbering; Dice min 0.970 (63), mean 0.985" in lines[2]
     assert lines[3].endswith("| - | - | - | - | - (upstream exited 1) |")
     bf16 = cu.format_table([cu.Result(cu.ROWS["demo"], cu.Run(222.0, 1.27e9, 0, Path("u")),
-                                      cu.Run(11.1, 1.2e9, 0, Path("p")), agreement, precision="bf16")])
+                                      cu.Run(11.1, 1.2e9, 0, Path("p")), agreement,
+                                          precision="--precision bf16")])
     assert "| the demo model, both steps, this project `--precision bf16` | 222.0 s, 1.27 GB | 11.1 s, 1.20 GB | " \
            "20.00x faster |" in bf16
     numbering = label_agreement(ref, np.where(new == 63, 64, new).astype(np.uint8))
@@ -155,10 +156,17 @@ def test_a_row_runs_upstream_once_and_this_project_once_per_precision(tmp_path, 
     nib = pytest.importorskip("nibabel")
     monkeypatch.setattr(cu, "prepare_weights", lambda row, work: tmp_path / "weights")
     monkeypatch.setattr(cu, "run_measured", fake_run)
-    args = argparse.Namespace(work=tmp_path / "work", threads=2, precision=["auto", "bf16"], timeout=60)
+    args = argparse.Namespace(work=tmp_path / "work", threads=2, precision=["auto", "bf16"], backend=["torch"],
+                              timeout=60)
     results = cu.run_row(cu.ROWS["demo"], args, Path("upstream-totalspineseg"), image)
     assert [c[0] for c in commands].count("upstream-totalspineseg") == 1 and len(commands) == 3
     assert [c[c.index("--precision") + 1] for c in commands if "--precision" in c] == ["auto", "bf16"]
-    assert [r.precision for r in results] == ["auto", "bf16"] and all(r.upstream is results[0].upstream
-                                                                      for r in results)
+    assert [r.precision for r in results] == ["--precision auto --backend torch", "--precision bf16 --backend torch"]
+    assert all(r.upstream is results[0].upstream for r in results)
     assert all(r.agreement["same_numbering"] and r.agreement["min_dice"] == 1.0 and not r.note for r in results)
+
+    commands.clear()  # an OpenVINO run comes after an untimed one that fills its cache
+    args.precision, args.backend = ["auto"], ["torch", "openvino"]
+    results = cu.run_row(cu.ROWS["demo"], args, Path("upstream-totalspineseg"), image)
+    assert [c[c.index("--backend") + 1] for c in commands if "--backend" in c] == ["torch", "openvino", "openvino"]
+    assert len(results) == 2 and results[1].precision == "--precision auto --backend openvino"

@@ -301,6 +301,22 @@ def _cli(*args: str, cwd: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+def _add_partly_labelled_case(raw: Path) -> None:
+    """A phantom of which only the cord is known (as the SCT scans), written as lite_recipe writes real scans."""
+    from totalspineseg.training import dataset, real_cases
+
+    ph = phantom.make_phantom(8, "cervical", voxel=(2.0, 2.0, 2.0))
+    case = training.to_network_grid(volume.Volume(ph.image, ph.affine), volume.Volume(ph.labels, ph.affine), 4.0)
+    seg, known = real_cases.cord_labels(case.seg == L.CORD, case.spacing)
+    partial = real_cases.PartialCase(dataset.GridCase(case.image, seg, case.affine), known)
+    dataset.save_case(raw, 1, "partial", [case.image], real_cases.step1_labels(partial), case.affine)
+    discs = np.where(np.isin(case.seg, L.DISCS_POSSIBLE), case.seg, 0)
+    for suffix, channels, labels, affine in real_cases.step2_cases(partial, discs):
+        dataset.save_case(raw, 2, "partial" + suffix, channels, labels, affine)
+    for step in (1, 2):
+        training.finish_dataset(raw, step, ignore_label=True)
+
+
 @pytest.mark.slow
 def test_full_training_path_on_tiny_data(tmp_path):
     pytest.importorskip("nnunetv2")
@@ -309,6 +325,7 @@ def test_full_training_path_on_tiny_data(tmp_path):
     bids = phantom.write_bids_dataset(tmp_path / "bids", 2, seed=7)
     nnunet = tmp_path / "nnUNet"
     _cli("prepare", str(bids), str(nnunet / "raw"), "--spacing", "4", cwd=tmp_path)
+    _add_partly_labelled_case(nnunet / "raw")  # nnU-Net's ignore label trains beside the fully labelled cases
     for dataset, precision in (("101", "fp32"), ("102", "bf16")):
         _cli("run", str(nnunet), "--dataset", dataset, "--planner", "default", "--tiny-plans", "--epochs", "1",
              "--iterations-per-epoch", "2", "--val-iterations", "1", "--device", "cpu", "--processes", "1",

@@ -70,21 +70,24 @@ class Models:
     device: str = "cpu"
     precision: str = "fp32"  # of the forward passes: fp32, bf16 or fp16
     tile_step: float = TILE_STEP_DEFAULT  # sliding-window step of both networks, a fraction of the patch
+    backend: str = "torch"  # what runs the forward passes: torch or openvino
 
     @classmethod
     def load(cls, paths: ModelPaths, device: str = "auto", threads: int | None = None,
-             step1_only: bool = False, precision: str = "auto", tile_step: float = TILE_STEP_DEFAULT) -> Models:
+             step1_only: bool = False, precision: str = "auto", tile_step: float = TILE_STEP_DEFAULT,
+             backend: str = "torch") -> Models:
         """Load the networks of a `weights.ModelPaths`."""
         from .predictor import load_model
 
         step1 = load_model(paths.step1, fold=paths.fold("step1"), checkpoint=paths.step1_checkpoint.name,
-                           device=device, threads=threads, precision=precision, tile_step=tile_step)
+                           device=device, threads=threads, precision=precision, tile_step=tile_step, backend=backend)
         step2 = None
         if not step1_only:
             step2 = load_model(paths.step2, fold=paths.fold("step2"), checkpoint=paths.step2_checkpoint.name,
-                               device=device, threads=threads, precision=precision, tile_step=tile_step)
+                               device=device, threads=threads, precision=precision, tile_step=tile_step,
+                               backend=backend)
         return cls(step1, step2, paths.release, dict(paths.sha256), str(step1.device), step1.precision,
-                   step1.tile_step)
+                   step1.tile_step, getattr(step1, "backend", "torch"))
 
 
 @dataclass
@@ -124,6 +127,7 @@ class SegmentationResult:
     device: str = ""
     precision: str = "fp32"
     tile_step: float = TILE_STEP_DEFAULT
+    backend: str = "torch"
     header: Any = None  # the input's NIfTI header: outputs on its grid keep its qform/sform
 
     @property
@@ -241,7 +245,7 @@ def segment(image: str | Path | volume.Volume, models: Models, localizer: Locali
         step2_input=odd, crop_grid=crop_grid, step1_labeling=res1, step2_labeling=res2, level_points_iso=points,
         warnings=[f"header: {w}" for w in vol.warnings] + warnings, timings=timer.timings,
         release=models.release, device=models.device, precision=models.precision,
-        tile_step=models.tile_step, header=vol.header,
+        tile_step=models.tile_step, backend=models.backend, header=vol.header,
     )
 
 

@@ -204,7 +204,7 @@ class LoadedModel:
 
     def __init__(self, folder: ModelFolder, network: torch.nn.Module, state_dict: dict, configuration: str,
                  trainer_name: str, device: torch.device, threads: int, precision: str = "fp32",
-                 tile_step: float = TILE_STEP_DEFAULT):
+                 tile_step: float = TILE_STEP_DEFAULT, backend: str = "torch"):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -214,6 +214,7 @@ class LoadedModel:
         self.device = device
         self.threads = threads
         self.precision = precision  # "fp32", "bf16" or "fp16" (see runtime.resolve_precision)
+        self.backend = backend  # "torch" or "openvino" (see openvino_backend.resolve_backend)
         self._layout = None  # the network's memory format, set per prediction by _set_layout
         # labels and probability maps computed where the logits are (CUDA) instead of nnU-Net's CPU export
         self.outputs_on_device = device.type == "cuda"
@@ -232,7 +233,16 @@ class LoadedModel:
     def __repr__(self) -> str:
         return (f"LoadedModel({self.folder.path}, configuration={self.configuration!r}, "
                 f"device={self.device}, threads={self.threads}, precision={self.precision}, "
-                f"tile_step={self.tile_step:g})")
+                f"backend={self.backend}, tile_step={self.tile_step:g})")
+
+    def _use_openvino(self, checkpoint: Path | None) -> None:
+        """Hand nnU-Net's predictor the network compiled by OpenVINO (see `openvino_backend`)."""
+        from . import openvino_backend as ovb
+
+        patch = tuple(int(p) for p in self.configuration_manager.patch_size)
+        key = ovb.network_key(checkpoint, self.n_channels, patch) if checkpoint is not None else None
+        self._predictor.network = ovb.compile_network(self._predictor.network, self.n_channels, patch,
+                                                      self.precision, self.threads, key)
 
     @property
     def tile_step(self) -> float:
@@ -259,6 +269,8 @@ class LoadedModel:
         6% less time per ResEnc-L patch on an AMX CPU, same labels); everything else in the default layout."""
         import torch
 
+        if self.backend != "torch":
+            return
         layout = torch.channels_last_3d if self.device.type == "cpu" and self.precision == "bf16" else None
         if layout != self._layout:
             self._predictor.network.to(memory_format=layout or torch.contiguous_format)
@@ -268,7 +280,7 @@ class LoadedModel:
         """The CPU autocast of a bf16/fp16 run; on CUDA nnU-Net applies its own (fp16) autocast inside."""
         import torch
 
-        if self.device.type != "cpu" or self.precision == "fp32":
+        if self.device.type != "cpu" or self.precision == "fp32" or self.backend != "torch":
             return contextlib.nullcontext()
         return torch.autocast("cpu", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
@@ -443,7 +455,7 @@ class LoadedModel:
 
 def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, checkpoint: str | None = None,
                device: str = "auto", threads: int | None = None, precision: str = "fp32",
-               tile_step: float = TILE_STEP_DEFAULT) -> LoadedModel:
+               tile_step: float = TILE_STEP_DEFAULT, backend: str = "torch") -> LoadedModel:
     """Load ``fold`` of a trained-model folder; ``checkpoint`` defaults to best, then final.
 
     ``threads``: CPU threads for torch, as `totalspineseg.runtime.resolve_threads` settles them (never more than
@@ -451,14 +463,19 @@ def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, che
     ``precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``, as `totalspineseg.runtime.resolve_precision` settles it.
     ``tile_step``: the sliding-window step as a fraction of the patch, in (0, 1]; 0.5 (nnU-Net's default) overlaps
     neighbouring tiles by half a patch, larger steps run fewer tiles with less averaging at the seams.
+    ``backend``: ``torch``, ``openvino`` or ``auto``, as `totalspineseg.openvino_backend.resolve_backend` settles it.
     """
     import torch
+
+    from .openvino_backend import resolve_backend
 
     tile_step = check_tile_step(tile_step)  # before minutes of loading
 
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder.open(folder)
     _check_supported(folder)
     torch_device = resolve_device(device)
+    resolved_precision = resolve_precision(precision, torch_device.type)
+    resolved_backend = resolve_backend(backend, torch_device.type, resolved_precision)
     n_threads = resolve_threads(threads)
     if torch_device.type == "cpu":
         torch.set_num_threads(n_threads)
@@ -478,8 +495,11 @@ def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, che
     del weights
     network.to(torch_device).eval()
     # the predictor reloads these before each prediction: hand it the network's own tensors, not a second copy
-    return LoadedModel(folder, network, network.state_dict(), configuration, trainer_name, torch_device, n_threads,
-                       resolve_precision(precision, torch_device.type), tile_step)
+    model = LoadedModel(folder, network, network.state_dict(), configuration, trainer_name, torch_device, n_threads,
+                        resolved_precision, tile_step, resolved_backend)
+    if resolved_backend == "openvino":
+        model._use_openvino(checkpoint_path)
+    return model
 
 
 def _check_supported(folder: ModelFolder) -> None:

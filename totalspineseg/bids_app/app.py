@@ -58,7 +58,7 @@ def _participant(args, output_dir: Path, subjects, models) -> int:
     if not (args.dry_run or args.reports_only):
         provider = as_provider(models) if models is not None else WeightsProvider(
             args.weights, args.device, _threads(args), args.step1, precision=args.precision,
-            tile_step=args.tile_step)
+            tile_step=args.tile_step, backend=args.backend)
     layout = plan.build_layout(bids_dir, subjects, args.bids_database_dir, _inside(output_dir, bids_dir))
     the_plan = plan.make_plan(layout, filters, specs, subjects, read_labels(args.session_label, "ses-"))
     if args.dry_run:

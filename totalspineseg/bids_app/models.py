@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 from .. import weights
 from ..console import describe_exception
 from ..errors import TotalSpineSegError, WeightsError
+from ..openvino_backend import resolve_backend
 from ..pipeline import Models
 from ..runtime import TILE_STEP_DEFAULT, check_tile_step, resolve_precision
 
@@ -34,10 +35,11 @@ class ModelProvider(Protocol):
 class WeightsProvider:
     def __init__(self, name: str, device: str = "auto", threads: int | None = None, step1_only: bool = False,
                  data_dir: str | Path | None = None, precision: str = "auto",
-                 tile_step: float = TILE_STEP_DEFAULT):
+                 tile_step: float = TILE_STEP_DEFAULT, backend: str = "torch"):
         self.paths = weights.resolve_model(name, data_dir)  # raises WeightsError with the install command
         self.release = self.paths.release
         self.precision = resolve_precision(precision, _device_type(device))
+        self.backend = resolve_backend(backend, _device_type(device), self.precision)  # refused before any image
         self.tile_step = check_tile_step(tile_step)
         self.device, self.threads, self.step1_only = device, threads, step1_only
         self._models: Models | None = None
@@ -49,7 +51,7 @@ class WeightsProvider:
         if self._models is None:
             try:
                 self._models = Models.load(self.paths, self.device, self.threads, self.step1_only, self.precision,
-                                           self.tile_step)
+                                           self.tile_step, self.backend)
             except TotalSpineSegError as exc:
                 self._failure = exc
                 raise

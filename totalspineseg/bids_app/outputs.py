@@ -42,10 +42,10 @@ def json_text(obj) -> str:
 
 
 def provenance(release: str, sha256: dict, device: str, precision: str = "fp32",
-               tile_step: float = TILE_STEP_DEFAULT) -> dict:
+               tile_step: float = TILE_STEP_DEFAULT, backend: str = "torch") -> dict:
     return {"SoftwareName": D.APP_NAME, "SoftwareVersion": __version__, "ModelRelease": release,
             "ModelChecksums": {k: v for k, v in sha256.items() if v}, "Device": device, "Precision": precision,
-            "TileStep": tile_step}
+            "Backend": backend, "TileStep": tile_step}
 
 
 def _localizer_meta(job: Job) -> dict:

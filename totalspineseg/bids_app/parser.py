@@ -13,6 +13,7 @@ from pathlib import Path
 from .. import __version__
 from ..console import ArgumentParser, add_logging_options
 from ..errors import UsageError
+from ..openvino_backend import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND
 from ..runtime import PRECISION_HELP, PRECISIONS, TILE_STEP_DEFAULT, TILE_STEP_HELP, parse_tile_step
 
 PROG = "run.py"
@@ -77,6 +78,7 @@ def _add_processing(g) -> None:
                         "results: see its model card), the bundled demo model (synthetic data only), or a folder")
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help=PRECISION_HELP)
+    g.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=BACKEND_HELP)
     g.add_argument("--tile-step", type=parse_tile_step, default=TILE_STEP_DEFAULT, metavar="STEP",
                    help=TILE_STEP_HELP)
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")

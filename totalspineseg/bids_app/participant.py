@@ -158,7 +158,8 @@ def _check_output_dir(ctx: RunContext) -> None:
 def _segment_and_write(ctx: RunContext, job: Job, cache: dict, committed: list[Path]) -> ImageRecord:
     t0 = time.perf_counter()
     source, models, result = _segment(ctx, job, cache)
-    prov = outputs.provenance(result.release, models.sha256, result.device, result.precision, result.tile_step)
+    prov = outputs.provenance(result.release, models.sha256, result.device, result.precision, result.tile_step,
+                              result.backend)
     _check_output_dir(ctx)
     try:
         with StagedWrites() as staged:

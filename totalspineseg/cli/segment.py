@@ -16,6 +16,7 @@ from .. import __version__, volume
 from ..console import ArgumentParser, add_logging_options, describe_exception, run_command
 from ..errors import SOME_IMAGE_FAILED, CannotCreate, InputError, MissingInput, TotalSpineSegError
 from ..fsutil import StagedWrites, folder_write_problem, sweep_stale_temps
+from ..openvino_backend import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND
 from ..pipeline import Models, PipelineOptions, SegmentationResult, segment
 from ..runtime import PRECISION_HELP, PRECISIONS, TILE_STEP_DEFAULT, TILE_STEP_HELP, parse_tile_step
 from ..scratch import prepare_scratch
@@ -91,6 +92,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help=PRECISION_HELP)
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=BACKEND_HELP)
     p.add_argument("--tile-step", type=parse_tile_step, default=TILE_STEP_DEFAULT, metavar="STEP",
                    help=TILE_STEP_HELP)
     p.add_argument("--max-workers", "-w", type=int, default=None, metavar="N",
@@ -255,9 +257,9 @@ def load_models(args):
         log.warning("using the LITE model: an early bundled model, not for results; see %s",
                     weights.RELEASES["lite"].bundled / "MODEL_CARD.md")
     models = Models.load(paths, device=args.device, threads=args.max_workers, step1_only=args.step1,
-                         precision=args.precision, tile_step=args.tile_step)
-    log.info("networks: %s on %s, %s, tile step %g", paths.release, models.device, models.precision,
-             models.tile_step)
+                         precision=args.precision, tile_step=args.tile_step, backend=args.backend)
+    log.info("networks: %s on %s, %s, %s, tile step %g", paths.release, models.device, models.precision,
+             models.backend, models.tile_step)
     return models
 
 
@@ -327,7 +329,7 @@ def _process_one(path: Path, name: str, loc: Path | None, models: Models, option
     timings = {k: round(v, 3) for k, v in result.timings.items()}
     write_record(args.output, name, record, {"source": str(path), "warnings": result.warnings, "timings": timings,
                                              "device": result.device, "precision": result.precision,
-                                             "tile_step": result.tile_step})
+                                             "backend": result.backend, "tile_step": result.tile_step})
     log.info("%s done in %.1f s (%s)", path.name, time.perf_counter() - t0,
              ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
 

@@ -134,7 +134,7 @@ def _add_demo(sub) -> None:
 
 
 def _add_lite(sub) -> None:
-    from ..training import lite_recipe
+    from ..training import lite_recipe, real_cases
 
     d = lite_recipe.LiteSettings()
     p = sub.add_parser("lite", help="build the lite model: synthetic images of real spine anatomy, end to end",
@@ -167,6 +167,13 @@ def _add_lite(sub) -> None:
     p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=d.precision,
                    help=TRAIN_PRECISION_HELP + " (default %(default)s; --all-stages uses each stage's recorded "
                                                "precision)")
+    p.add_argument("--real", choices=real_cases.REAL_CHOICES, default=d.real,
+                   help="also train on the partly labelled real scans of ../shared/data/real (or $TOTALSPINESEG_REAL):"
+                        " none, one subject group (A or B: score the model on the other group only) or all; where "
+                        "their manual labels say nothing, nnU-Net's ignore label (default %(default)s)")
+    p.add_argument("--real-copies", type=int, default=d.real_copies,
+                   help="copies of each real scan in the training set: its share of the patches (default "
+                        "%(default)s)")
     p.add_argument("--threads", type=int, help="CPU training threads (default: all allowed CPUs)")
     p.add_argument("--bundle", type=Path, metavar="DIR",
                    help="also unpack the models into DIR (totalspineseg/resources/lite to ship them)")
@@ -247,7 +254,7 @@ def _lite(args) -> int:
                                         epochs=tuple(args.epochs), iterations_per_epoch=args.iterations_per_epoch,
                                         processes=args.processes, threads=args.threads, init=init,
                                         steps=tuple(sorted(set(args.steps))), synth_version=args.synth_version,
-                                        precision=args.precision)
+                                        precision=args.precision, real=args.real, real_copies=args.real_copies)
     for path in lite_recipe.train_lite(args.out_dir, settings, args.device, args.bundle, progress=not args.quiet):
         print(path)
     return 0

@@ -76,10 +76,16 @@ def dataset_labels(step: int) -> dict[str, int | list[int]]:
     return {"background": 0, **_disc_regions(s), **bone, "canal": _region(s.CANAL, s.CORD), "cord": int(s.CORD)}
 
 
-def dataset_json(step: int, n_cases: int) -> dict:
+#: nnU-Net's ignore label of each step (the highest class + 1): no loss where a partly labelled case has it.
+IGNORE_CLASS = {1: int(max(L.Step1)) + 1, 2: int(max(L.Step2)) + 1}
+
+
+def dataset_json(step: int, n_cases: int, ignore_label: bool = False) -> dict:
     labels = dataset_labels(step)
     # Each region is written as its lowest class; later regions overwrite earlier ones.
     order = [min(v) if isinstance(v, list) else v for k, v in labels.items() if k != "background"]
+    if ignore_label:
+        labels = {**labels, "ignore": IGNORE_CLASS[step]}
     return {
         "name": DATASET_NAMES[DATASET_IDS[step]],
         "description": f"TotalSpineSeg step-{step} model (prepared by totalspineseg-train)",
@@ -285,11 +291,13 @@ def write_case(raw_dir: str | os.PathLike, steps: Iterable[int], name: str, case
             save_case(raw_dir, 2, name + suffix, channels, labels, affine)
 
 
-def finish_dataset(raw_dir: str | os.PathLike, step: int) -> Path:
-    """Write dataset.json, counting the cases in labelsTr/; returns the dataset folder."""
+def finish_dataset(raw_dir: str | os.PathLike, step: int, ignore_label: bool = False) -> Path:
+    """Write dataset.json, counting the cases in labelsTr/; returns the dataset folder. `ignore_label`: some cases
+    are partly labelled (`IGNORE_CLASS` where unknown)."""
     folder = Path(raw_dir) / DATASET_NAMES[DATASET_IDS[step]]
     n_cases = len(list((folder / "labelsTr").glob(f"*{FILE_ENDING}")))
-    (folder / "dataset.json").write_text(json.dumps(dataset_json(step, n_cases), indent=4) + "\n")
+    text = json.dumps(dataset_json(step, n_cases, ignore_label), indent=4) + "\n"
+    (folder / "dataset.json").write_text(text)
     return folder
 
 

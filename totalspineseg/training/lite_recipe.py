@@ -4,7 +4,9 @@ Stages, each skipped when its result is already there (so an interrupted run con
 
 1. images: ``n_synth`` synthetic images (``synth.synthseg``: real bones from ``../shared/data/anatomy``, random
    contrast and acquisition) and ``n_phantoms`` geometric phantoms of the demo recipe (they keep the L6, the
-   missing disc and the localizer cases), rendered into both nnU-Net raw datasets at 2 mm;
+   missing disc and the localizer cases), rendered into both nnU-Net raw datasets at 2 mm; then, with ``real``,
+   the partly labelled real scans of one subject group (``real_cases``, ``real_copies`` copies each, nnU-Net's
+   ignore label where their labels say nothing);
 2. planning and preprocessing with the demo model's plans (the same network, so it can start from it);
 3. training: each step starts from ``init`` (the bundled demo model for the first stage, the bundled lite model
    for later ones: the committed stripped weights) and runs ``epochs`` epochs; a finished stage is recorded;
@@ -17,18 +19,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from .. import training, volume
+from .. import labels as L
+from .. import resample, training, volume
 from ..synth import library as anatomy_library
 from ..synth import synthseg
 from ..training import NnUNetDirs, TrainSettings
-from . import demo_recipe
+from . import dataset, demo_recipe, real_cases
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,7 @@ PLANS_NAME = "nnUNetPlansLite"
 PLANS_OVERRIDE = demo_recipe.PLANS_OVERRIDE  # the demo network: it starts from the demo weights
 SPACING = demo_recipe.SPACING
 CASES_FILE = "lite_cases.json"
+REAL_CASES_FILE = "lite_real_cases.json"
 STAGE_FILE = "lite_stage.json"
 
 
@@ -54,6 +60,12 @@ class LiteSettings:
     steps: tuple[int, ...] = (1, 2)
     synth_version: int = synthseg.SYNTH_VERSION  # what `synthseg.draw_spec` draws (1 = stage 1's images)
     precision: str = "auto"  # of the training forward pass: auto = bf16 on a CPU with native bf16 (see nnunet.train)
+    real: str = "none"  # partly labelled real scans in the mix: none | A | B | all (real_cases.REAL_SCANS groups)
+    real_copies: int = 6  # each real scan is written this many times: its share of the sampled patches
+
+    @property
+    def n_real(self) -> int:
+        return len(real_cases.scans_for(self.real)) * self.real_copies
 
 
 #: The stages that made the shipped model, in order (each one a run of `train_lite` with these settings). The
@@ -117,6 +129,60 @@ def build_datasets(dirs: NnUNetDirs, settings: LiteSettings, progress: bool = Tr
                                                    "phantoms": [asdict(s) for s in phantoms]}, indent=1))
 
 
+def default_real_root() -> Path:
+    return Path(os.environ.get("TOTALSPINESEG_REAL", Path(__file__).resolve().parents[3] / "shared" / "data" / "real"))
+
+
+def add_real_cases(dirs: NnUNetDirs, settings: LiteSettings, root: Path | None = None, device: str = "auto",
+                   progress: bool = True) -> list[str]:
+    """Write the real scans of `settings.real` (``real_copies`` times each) into both raw datasets, and rewrite
+    their dataset.json with the ignore label. Step 2 of a cord-only scan marks the discs the `settings.init` model
+    finds in it (as at inference); a missing scan folder is an error, not a smaller training set."""
+    root = Path(root) if root is not None else default_real_root()
+    scans = real_cases.scans_for(settings.real)
+    missing = [s.image for s in scans if not (root / s.image).is_file() or not (root / s.truth).is_file()]
+    if missing:
+        raise training.TotalSpineSegError(f"{root}: real scans missing for --real {settings.real}: "
+                                          + ", ".join(missing))
+    models = _disc_predictor(settings.init, device, settings.threads)
+    names = []
+    for scan in tqdm(scans, desc="Real training scans", unit="scan", disable=not progress):
+        partial = real_cases.load_partial_case(root, scan, SPACING)
+        predicted = _predicted_discs(models, root / scan.image, partial.case) if models is not None else None
+        labels1 = real_cases.step1_labels(partial)
+        copies2 = real_cases.step2_cases(partial, predicted)
+        for copy in range(settings.real_copies):
+            name = f"real_{scan.name}_{copy}"
+            dataset.save_case(dirs.raw, 1, name, [partial.case.image], labels1, partial.case.affine)
+            for suffix, channels, labels2, affine in copies2:
+                dataset.save_case(dirs.raw, 2, name + suffix, channels, labels2, affine)
+            names.append(name)
+    for step in (1, 2):
+        training.finish_dataset(dirs.raw, step, ignore_label=True)
+    (dirs.raw / REAL_CASES_FILE).write_text(json.dumps({"real": settings.real, "copies": settings.real_copies,
+                                                        "scans": [asdict(s) for s in scans]}, indent=1))
+    return names
+
+
+def _disc_predictor(init: str | None, device: str, threads: int | None):
+    if init is None:
+        return None
+    from ..pipeline import Models
+    from ..weights import resolve_model
+
+    return Models.load(resolve_model(init), device=device, threads=threads, step1_only=True, precision="fp32")
+
+
+def _predicted_discs(models, image: Path, case: dataset.GridCase):
+    """The numbered discs step 1 of `models` finds in `image`, on the case's grid."""
+    from ..pipeline import PipelineOptions, segment
+
+    result = segment(image, models, options=PipelineOptions(step1_only=True, soft_maps=False, levels=False,
+                                                             native=False))
+    seg = resample.resample_to_grid(result.iso.step1, result.iso.grid.affine, case.seg.shape, case.affine, "labels")
+    return np.where(np.isin(seg, (*L.DISCS_POSSIBLE, L.DISC_UNNUMBERED)), seg, 0).astype(np.uint8)
+
+
 def initial_checkpoint(init: str | None, step: int) -> Path | None:
     """The checkpoint a first stage starts from: a bundled release (demo, lite) or a model root folder."""
     if init is None:
@@ -131,10 +197,14 @@ def train_lite(out_dir, settings: LiteSettings = LiteSettings(), device: str = "
     out_dir = Path(out_dir)
     dirs = NnUNetDirs(out_dir / "nnUNet")
     timings: dict[str, float] = {}
-    n_cases = settings.n_synth + settings.n_phantoms
+    n_cases = settings.n_synth + settings.n_phantoms + settings.n_real
     with demo_recipe._timed(timings, "images"):
         if not demo_recipe._raw_done(dirs, n_cases):
-            build_datasets(dirs, settings, progress)
+            if not demo_recipe._raw_done(dirs, settings.n_synth + settings.n_phantoms) \
+                    or not (dirs.raw / CASES_FILE).is_file():
+                build_datasets(dirs, settings, progress)
+            if settings.n_real:
+                add_real_cases(dirs, settings, device=device, progress=progress)
     for step in settings.steps:
         dataset_id = training.DATASET_IDS[step]
         with demo_recipe._timed(timings, f"plan_preprocess_{dataset_id}"):
@@ -153,7 +223,7 @@ def train_lite(out_dir, settings: LiteSettings = LiteSettings(), device: str = "
                                     precision=settings.precision)
                 training.train(dirs, dataset_id, PLANS_NAME, device=device, settings=run, threads=settings.threads)
                 (fold / STAGE_FILE).write_text(json.dumps({"epochs": total, "init": settings.init,
-                                                           "precision": settings.precision}))
+                                                           "precision": settings.precision, "real": settings.real}))
     zips: list[Path] = []
     if set(settings.steps) == {1, 2}:
         zips = training.export_release(dirs.results, out_dir / "exports", RELEASE)
@@ -168,7 +238,9 @@ def train_lite(out_dir, settings: LiteSettings = LiteSettings(), device: str = "
 def stage_settings(stage: dict, init: str | None, processes: int = 2, threads: int | None = None) -> LiteSettings:
     return LiteSettings(n_synth=stage["n_synth"], n_phantoms=stage["n_phantoms"], seed=stage["seed"],
                         epochs=tuple(stage["epochs"]), init=init, synth_version=stage["synth_version"],
-                        precision=stage.get("precision", "fp32"), processes=processes, threads=threads)
+                        precision=stage.get("precision", "fp32"), real=stage.get("real", "none"),
+                        real_copies=stage.get("real_copies", LiteSettings.real_copies), processes=processes,
+                        threads=threads)
 
 
 def train_stages(out_dir, bundle: Path | None = None, device: str = "auto", processes: int = 2,
