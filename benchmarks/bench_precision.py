@@ -84,16 +84,22 @@ def main() -> int:
     p.add_argument("--no-real", action="store_true")
     p.add_argument("--fov", nargs="+", help="only the held-out phantoms of these fields of view")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--candidate-threads", type=int, default=None,
+                   help="the candidate's CPU threads (default --threads): with --precision fp32 --backend torch, "
+                        "a null check of how far fp32 alone moves when only the summation order changes")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "_out" / "bench_precision.json")
     args = p.parse_args()
     paths = weights.resolve_model(args.weights)
     reference = Models.load(paths, "cpu", args.threads, precision="fp32")
+    threads = args.candidate_threads or args.threads
     if args.backend == "torch":
-        candidate = Models.load(paths, "cpu", args.threads, precision="fp32")
+        candidate = Models.load(paths, "cpu", threads, precision="fp32")
         set_model_option(candidate, "precision", args.precision)
     else:
-        candidate = Models.load(paths, "cpu", args.threads, precision=args.precision, backend=args.backend)
+        candidate = Models.load(paths, "cpu", threads, precision=args.precision, backend=args.backend)
     label = args.precision if args.backend == "torch" else f"{args.backend} {args.precision}"
+    if args.candidate_threads:
+        label += f" ({args.candidate_threads} threads)"
     rows = []
     for name, image, loc in cases(not args.no_real, args.fov):
         try:

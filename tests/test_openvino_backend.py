@@ -11,14 +11,13 @@ from totalspineseg.errors import UsageError
 from totalspineseg.synth import phantom
 
 
-@pytest.mark.parametrize("installed", [True, False])
-def test_auto_is_openvino_on_the_cpu_only_when_installed(monkeypatch, installed):
-    monkeypatch.setattr(ovb, "available", lambda: installed)
-    assert ovb.resolve_backend("auto", "cpu", "fp32") == ("openvino" if installed else "torch")
-    assert ovb.resolve_backend("auto", "cpu", "bf16") == ("openvino" if installed else "torch")
-    assert ovb.resolve_backend("auto", "cuda", "fp16") == "torch"
-    assert ovb.resolve_backend("auto", "cpu", "fp16") == "torch"  # OpenVINO is not given fp16 on the CPU
-    assert ovb.resolve_backend("torch", "cpu", "fp32") == "torch"
+def test_torch_is_the_default_and_openvino_runs_where_it_can(monkeypatch):
+    monkeypatch.setattr(ovb, "available", lambda: True)
+    assert ovb.DEFAULT_BACKEND == "torch"
+    for device, precision in (("cpu", "fp32"), ("cpu", "bf16"), ("cuda", "fp16")):
+        assert ovb.resolve_backend("torch", device, precision) == "torch"
+    assert ovb.resolve_backend("openvino", "cpu", "fp32") == ovb.resolve_backend("openvino", "cpu", "bf16") == \
+        "openvino"
 
 
 def test_openvino_refuses_what_it_cannot_run_with_a_usage_error(monkeypatch):

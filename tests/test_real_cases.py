@@ -128,11 +128,16 @@ def test_dataset_json_with_the_ignore_label_is_accepted_by_nnunet():
                                                               plain["regions_class_order"]).num_segmentation_heads
 
 
-def test_scans_for_splits_by_subject_group():
+def test_scans_for_splits_by_subject_group_and_leaves_test_only_scans_to_experiments():
     assert real_cases.scans_for("none") == []
     a, b = real_cases.scans_for("A"), real_cases.scans_for("B")
     assert a and b and not {s.name for s in a} & {s.name for s in b}
     assert len(real_cases.scans_for("all")) == len(a) + len(b)
+    assert not any(s.test_only for s in real_cases.scans_for("all"))
+    everything = real_cases.scans_for("all", test_only_too=True)
+    assert {s.name for s in everything if s.test_only} == {"IVD_11", "IVD_20", "IVD_25"}  # fastcleverseg
+    assert real_cases.group_of_image("fastcleverseg/IVD_20_I.nii.gz") is None
+    assert real_cases.group_of_image("fastcleverseg/IVD_20_I.nii.gz", test_only_too=True) == "B"
     with pytest.raises(ValueError):
         real_cases.scans_for("C")
     # a subject's scans never straddle the groups (same folder, same subject)
@@ -164,7 +169,8 @@ def test_add_real_cases_writes_every_copy_with_the_ignore_label(tmp_path, monkey
     dirs = training.NnUNetDirs(tmp_path / "nnUNet")
     for step in (1, 2):
         training.create_dataset(dirs.raw, step)
-    settings = lite_recipe.LiteSettings(n_synth=0, n_phantoms=0, real="A", real_copies=2, init=None)
+    settings = lite_recipe.LiteSettings(n_synth=0, n_phantoms=0, real="A", real_copies=2, init=None,
+                                        real_test_only=True)
     names = lite_recipe.add_real_cases(dirs, settings, root=tmp_path / "real", progress=False)
     assert len(names) == settings.n_real == 4
     assert demo_recipe._raw_done(dirs, settings.n_real)
@@ -183,7 +189,7 @@ def test_add_real_cases_refuses_a_missing_scan(tmp_path, monkeypatch):
     scans = _write_fake_real_root(tmp_path / "real")
     (tmp_path / "real" / "d" / "gt.nii.gz").unlink()
     monkeypatch.setattr(real_cases, "REAL_SCANS", tuple(scans))
-    settings = lite_recipe.LiteSettings(n_synth=0, n_phantoms=0, real="A", init=None)
+    settings = lite_recipe.LiteSettings(n_synth=0, n_phantoms=0, real="A", init=None, real_test_only=True)
     with pytest.raises(training.TotalSpineSegError, match="d/img.nii.gz"):
         lite_recipe.add_real_cases(training.NnUNetDirs(tmp_path / "nnUNet"), settings, root=tmp_path / "real",
                                    progress=False)
@@ -212,4 +218,14 @@ def test_the_training_scans_are_the_evaluated_scans_with_the_same_labels():
         assert scan.truth in evaluated[scan.image], scan.name
     for scan in eval_real.SCANS:  # every scan with cord or disc labels belongs to a group; the others to none
         trainable = any(t.kind in ("cord", "discs") for t in scan.truths)
-        assert (real_cases.group_of_image(scan.image) is not None) == (trainable or "history_data" in scan.image)
+        group = real_cases.group_of_image(scan.image, test_only_too=True)
+        assert (group is not None) == (trainable or "history_data" in scan.image)
+
+
+def test_a_model_trained_on_test_only_scans_is_never_bundled_into_the_package(tmp_path):
+    from totalspineseg.training import lite_recipe
+
+    package_lite = Path(lite_recipe.__file__).resolve().parents[1] / "resources" / "lite"
+    settings = lite_recipe.LiteSettings(real="all", real_test_only=True)
+    with pytest.raises(training.TotalSpineSegError, match="never shipped"):
+        lite_recipe.train_lite(tmp_path, settings, bundle=package_lite, progress=False)

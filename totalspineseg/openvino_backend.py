@@ -31,12 +31,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "openvino")
+BACKENDS = ("torch", "openvino")
+#: torch stays the default: OpenVINO's f32 kernels sum in another order, and with the demo model that moved the
+#: labels of 3 of 20 real scans past the agreement bars (benchmarks/RESULTS.md, "Backends"), where torch with 1 or
+#: 2 threads gives identical labels.
 DEFAULT_BACKEND = "torch"
-BACKEND_HELP = ("library that runs the network forward passes: torch, or openvino (CPU only; installed with "
-                "'pip install totalspineseg[openvino]'; f32 about 1.7x and, with --precision bf16 on a CPU with "
-                "AMX, about 8x faster than torch fp32 on the official network); auto = openvino on the CPU when "
-                "it is installed, else torch")
+BACKEND_HELP = ("library that runs the network forward passes: torch (default), or openvino (CPU only, "
+                "--precision fp32 or bf16; in the containers and the lean install, else 'pip install "
+                "totalspineseg[openvino]'): on the official network's patches 1.7x faster than torch in fp32 and, "
+                "with --precision bf16 on a CPU with AMX, 8x; its fp32 labels differ slightly from torch's, so "
+                "check them on your scans")
 #: --precision -> OpenVINO's INFERENCE_PRECISION_HINT (it would pick bf16 by itself on an AMX CPU)
 _HINTS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -46,11 +50,9 @@ def available() -> bool:
 
 
 def resolve_backend(requested: str, device_type: str, precision: str) -> str:
-    """The backend a forward pass runs in: `auto` is OpenVINO on the CPU when it is installed (fp32, bf16)."""
+    """The backend a forward pass runs in, checked against the device and precision (UsageError if it cannot)."""
     if requested not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {requested!r}")
-    if requested == "auto":
-        return "openvino" if device_type == "cpu" and precision in _HINTS and available() else "torch"
     if requested == "openvino":
         if device_type != "cpu":
             raise UsageError("--backend openvino runs on the CPU only: use --device cpu, or --backend torch "

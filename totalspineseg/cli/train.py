@@ -171,6 +171,9 @@ def _add_lite(sub) -> None:
                    help="also train on the partly labelled real scans of ../shared/data/real (or $TOTALSPINESEG_REAL):"
                         " none, one subject group (A or B: score the model on the other group only) or all; where "
                         "their manual labels say nothing, nnU-Net's ignore label (default %(default)s)")
+    p.add_argument("--real-test-only-scans", action="store_true",
+                   help="experiments: also train on the real scans whose sources allow testing only (the "
+                        "fastcleverseg lumbar discs); such a model is never bundled into the package")
     p.add_argument("--real-copies", type=int, default=d.real_copies,
                    help="copies of each real scan in the training set: its share of the patches (default "
                         "%(default)s)")
@@ -254,7 +257,8 @@ def _lite(args) -> int:
                                         epochs=tuple(args.epochs), iterations_per_epoch=args.iterations_per_epoch,
                                         processes=args.processes, threads=args.threads, init=init,
                                         steps=tuple(sorted(set(args.steps))), synth_version=args.synth_version,
-                                        precision=args.precision, real=args.real, real_copies=args.real_copies)
+                                        precision=args.precision, real=args.real, real_copies=args.real_copies,
+                                        real_test_only=args.real_test_only_scans)
     for path in lite_recipe.train_lite(args.out_dir, settings, args.device, args.bundle, progress=not args.quiet):
         print(path)
     return 0

@@ -62,10 +62,14 @@ class LiteSettings:
     precision: str = "auto"  # of the training forward pass: auto = bf16 on a CPU with native bf16 (see nnunet.train)
     real: str = "none"  # partly labelled real scans in the mix: none | A | B | all (real_cases.REAL_SCANS groups)
     real_copies: int = 6  # each real scan is written this many times: its share of the sampled patches
+    real_test_only: bool = False  # experiments: also the test-only real scans (such a model is never bundled)
 
     @property
     def n_real(self) -> int:
-        return len(real_cases.scans_for(self.real)) * self.real_copies
+        return len(self.real_scans()) * self.real_copies
+
+    def real_scans(self) -> list[real_cases.RealScan]:
+        return real_cases.scans_for(self.real, self.real_test_only)
 
 
 #: The stages that made the shipped model, in order (each one a run of `train_lite` with these settings). The
@@ -139,7 +143,7 @@ def add_real_cases(dirs: NnUNetDirs, settings: LiteSettings, root: Path | None =
     their dataset.json with the ignore label. Step 2 of a cord-only scan marks the discs the `settings.init` model
     finds in it (as at inference); a missing scan folder is an error, not a smaller training set."""
     root = Path(root) if root is not None else default_real_root()
-    scans = real_cases.scans_for(settings.real)
+    scans = settings.real_scans()
     missing = [s.image for s in scans if not (root / s.image).is_file() or not (root / s.truth).is_file()]
     if missing:
         raise training.TotalSpineSegError(f"{root}: real scans missing for --real {settings.real}: "
@@ -160,6 +164,7 @@ def add_real_cases(dirs: NnUNetDirs, settings: LiteSettings, root: Path | None =
     for step in (1, 2):
         training.finish_dataset(dirs.raw, step, ignore_label=True)
     (dirs.raw / REAL_CASES_FILE).write_text(json.dumps({"real": settings.real, "copies": settings.real_copies,
+                                                        "test_only_too": settings.real_test_only,
                                                         "scans": [asdict(s) for s in scans]}, indent=1))
     return names
 
@@ -195,6 +200,9 @@ def initial_checkpoint(init: str | None, step: int) -> Path | None:
 def train_lite(out_dir, settings: LiteSettings = LiteSettings(), device: str = "auto", bundle: Path | None = None,
                progress: bool = True) -> list[Path]:
     out_dir = Path(out_dir)
+    if settings.real_test_only and bundle is not None and _inside_package(Path(bundle)):
+        raise training.TotalSpineSegError(f"--bundle {bundle}: a model trained on test-only real scans "
+                                          "(--real-test-only-scans) is never shipped in the package")
     dirs = NnUNetDirs(out_dir / "nnUNet")
     timings: dict[str, float] = {}
     n_cases = settings.n_synth + settings.n_phantoms + settings.n_real
@@ -261,6 +269,11 @@ def train_stages(out_dir, bundle: Path | None = None, device: str = "auto", proc
     if bundle is not None:
         training.unpack_release(zips, Path(bundle))
     return previous
+
+
+def _inside_package(path: Path) -> bool:
+    package = Path(__file__).resolve().parents[1]
+    return path.resolve() == package or package in path.resolve().parents
 
 
 def _stage_epochs(fold: Path) -> int:

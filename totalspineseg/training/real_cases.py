@@ -49,6 +49,7 @@ class RealScan:
     truth: str  # the manual label file, same root
     kind: str  # "cord" (a 0/1 cord mask, threshold 0.5) | "discs" (fastcleverseg IVD values)
     split: str  # subject group: "A" | "B"
+    test_only: bool = False  # its source allows testing only: trained on in experiments, never in a shipped model
 
 
 _GIT = "spinalcordtoolbox_git_history/testing/data"
@@ -57,6 +58,8 @@ _EX = "spinalcordtoolbox_git_history/scripts/sct_example_data/t2"
 
 #: The labelled real scans used for training, by subject group. Same subject, same group: errsm_18 t2 and gre;
 #: sct_testing_data t2, t1 and t2s; sct_example_data t2 and sct_testing_data/history_data_t2 (scored only).
+#: The SCT scans are MIT-licensed. The fastcleverseg lumbar scans come from research datasets whose licences are
+#: not verified ("testing only", their PROVENANCE.md): `test_only`, so the shipped recipe never trains on them.
 REAL_SCANS: tuple[RealScan, ...] = (
     RealScan("errsm_11_t2", f"{_GIT}/errsm_11/t2/t2.nii.gz", f"{_GIT}/errsm_11/t2/t2_manual_segmentation.nii.gz",
              "cord", "A"),
@@ -65,34 +68,37 @@ REAL_SCANS: tuple[RealScan, ...] = (
     RealScan("sct_t2", f"{_STD}/t2/t2.nii.gz", f"{_STD}/t2/t2_seg-manual.nii.gz", "cord", "A"),
     RealScan("sct_t1", f"{_STD}/t1/t1w.nii.gz", f"{_STD}/t1/t1w_seg-manual.nii.gz", "cord", "A"),
     RealScan("sct_t2s", f"{_STD}/t2s/t2s.nii.gz", f"{_STD}/t2s/t2s_seg.nii.gz", "cord", "A"),
-    RealScan("IVD_11", "fastcleverseg/IVD_11_I.nii.gz", "fastcleverseg/IVD_11_GT.nii.gz", "discs", "A"),
-    RealScan("IVD_25", "fastcleverseg/IVD_25_I.nii.gz", "fastcleverseg/IVD_25_GT.nii.gz", "discs", "A"),
+    RealScan("IVD_11", "fastcleverseg/IVD_11_I.nii.gz", "fastcleverseg/IVD_11_GT.nii.gz", "discs", "A", True),
+    RealScan("IVD_25", "fastcleverseg/IVD_25_I.nii.gz", "fastcleverseg/IVD_25_GT.nii.gz", "discs", "A", True),
     RealScan("errsm_18_t2", f"{_GIT}/errsm_18/t2/t2.nii.gz", f"{_GIT}/errsm_18/t2/t2_manual_segmentation.nii.gz",
              "cord", "B"),
     RealScan("errsm_18_gre", f"{_GIT}/errsm_18/gre/gre.nii.gz", f"{_GIT}/errsm_18/gre/segmentation_binary.nii.gz",
              "cord", "B"),
     RealScan("sct_example_t2", f"{_EX}/t2.nii.gz", f"{_EX}/t2_seg.nii.gz", "cord", "B"),
-    RealScan("IVD_20", "fastcleverseg/IVD_20_I.nii.gz", "fastcleverseg/IVD_20_GT.nii.gz", "discs", "B"),
+    RealScan("IVD_20", "fastcleverseg/IVD_20_I.nii.gz", "fastcleverseg/IVD_20_GT.nii.gz", "discs", "B", True),
 )
 #: Scans not trained on but of a subject that is: scored only by the model that did not train on that subject.
 SAME_SUBJECT_AS: dict[str, str] = {f"{_STD}/history_data_t2/t2.nii.gz": f"{_EX}/t2.nii.gz"}
 SPLITS = ("A", "B")
 
 
-def group_of_image(image: str) -> str | None:
-    """The subject group of a real scan (its path under the real-data root); None for a subject never trained on."""
+def group_of_image(image: str, test_only_too: bool = False) -> str | None:
+    """The subject group of a real scan (its path under the real-data root); None for a subject never trained on
+    (the test-only scans, unless `test_only_too`)."""
     image = SAME_SUBJECT_AS.get(image, image)
-    return next((s.split for s in REAL_SCANS if s.image == image), None)
+    return next((s.split for s in REAL_SCANS if s.image == image and (test_only_too or not s.test_only)), None)
 REAL_CHOICES = ("none", "A", "B", "all")
 
 
-def scans_for(real: str, scans: Sequence[RealScan] | None = None) -> list[RealScan]:
-    """The scans a model trains on: none, one subject group, or all of them."""
+def scans_for(real: str, test_only_too: bool = False, scans: Sequence[RealScan] | None = None) -> list[RealScan]:
+    """The scans a model trains on: none, one subject group, or all of them; `test_only_too` (experiments) adds
+    the scans whose source allows testing only."""
     if real not in REAL_CHOICES:
         raise ValueError(f"real must be one of {REAL_CHOICES}, not {real!r}")
     if real == "none":
         return []
-    return [s for s in (REAL_SCANS if scans is None else scans) if real == "all" or s.split == real]
+    return [s for s in (REAL_SCANS if scans is None else scans)
+            if (real == "all" or s.split == real) and (test_only_too or not s.test_only)]
 
 
 @dataclass
