@@ -246,7 +246,7 @@ def test_networks_that_do_not_load_fail_with_one_line_and_are_tried_once(monkeyp
     provider = bids_models.WeightsProvider.__new__(bids_models.WeightsProvider)
     provider.__dict__.update(paths=SimpleNamespace(root=tmp_path / "weights"), release="r20250101",
                              device="cpu", threads=1, step1_only=False, precision="fp32", tile_step=0.5,
-                             _models=None, _failure=None)
+                             backend="torch", _models=None, _failure=None)
     for _ in range(3):
         with pytest.raises(WeightsError) as caught:
             provider(tmp_path / "x.nii.gz")

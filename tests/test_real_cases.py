@@ -229,3 +229,18 @@ def test_a_model_trained_on_test_only_scans_is_never_bundled_into_the_package(tm
     settings = lite_recipe.LiteSettings(real="all", real_test_only=True)
     with pytest.raises(training.TotalSpineSegError, match="never shipped"):
         lite_recipe.train_lite(tmp_path, settings, bundle=package_lite, progress=False)
+
+
+def test_finish_dataset_never_rewrites_a_hard_linked_dataset_json_in_place(tmp_path):
+    import os
+
+    for step in (1, 2):
+        training.create_dataset(tmp_path / "raw", step)
+        training.finish_dataset(tmp_path / "raw", step)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    original = tmp_path / "raw" / training.DATASET_NAMES[101] / "dataset.json"
+    os.link(original, copy / "dataset.json")  # as `cp -al` copies a dataset to add cases to it
+    training.finish_dataset(tmp_path / "raw", 1, ignore_label=True)
+    assert "ignore" in json.loads(original.read_text())["labels"]
+    assert "ignore" not in json.loads((copy / "dataset.json").read_text())["labels"]

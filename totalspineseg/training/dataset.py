@@ -297,7 +297,10 @@ def finish_dataset(raw_dir: str | os.PathLike, step: int, ignore_label: bool = F
     folder = Path(raw_dir) / DATASET_NAMES[DATASET_IDS[step]]
     n_cases = len(list((folder / "labelsTr").glob(f"*{FILE_ENDING}")))
     text = json.dumps(dataset_json(step, n_cases, ignore_label), indent=4) + "\n"
-    (folder / "dataset.json").write_text(text)
+    # a new file moved into place, never rewritten in place: a dataset copied with hard links keeps its own
+    tmp = folder / ".dataset.json.partial"
+    tmp.write_text(text)
+    os.replace(tmp, folder / "dataset.json")
     return folder
 
 
