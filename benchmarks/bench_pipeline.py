@@ -5,7 +5,7 @@ size: nnU-Net's ResEnc-L planner, 7 stages of 32-320 features. Models are built 
 ``benchmarks/_out/`` (about 2.2 GB). The input is a 1 mm whole-spine phantom (80 x 150 x 730 mm: the same voxel
 count as the 60 x 250 x 600 mm of the issue).
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--device cpu] [--threads 2] [--precision auto]
+    .venv/bin/python benchmarks/bench_pipeline.py [--device cpu] [--threads 2] [--precision auto] [--backend torch]
 
 Prints per-stage times, the share of time outside the two network forward passes, and peak RSS.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from totalspineseg.openvino_backend import BACKENDS  # noqa: E402
 from totalspineseg.runtime import PRECISIONS  # noqa: E402
 
 
@@ -58,6 +59,9 @@ def main(argv=None) -> None:
     ap.add_argument("--fov", default="whole")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="of the forward passes, as the CLI's --precision (default auto)")
+    ap.add_argument("--backend", default="torch", choices=BACKENDS,
+                    help="of the forward passes, as the CLI's --backend (default torch); openvino: the model-load "
+                         "row includes the conversion (cached for the next run)")
     args = ap.parse_args(argv)
 
     from totalspineseg import weights
@@ -71,7 +75,7 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     models = Models.load(weights.resolve_model(str(root)), device=args.device, threads=args.threads,
-                         precision=args.precision)
+                         precision=args.precision, backend=args.backend)
     t_models = time.perf_counter() - t0
     result = segment(image, models, options=PipelineOptions())
     t_write = write_deliverables(result, args.out / "outputs", "whole_T2w")
@@ -89,7 +93,8 @@ def main(argv=None) -> None:
     import torch
 
     print(f"machine: {platform.node()}, {len(__import__('os').sched_getaffinity(0))} CPUs, torch {torch.__version__},"
-          f" device {result.device}, threads {torch.get_num_threads()}, precision {models.precision};"
+          f" device {result.device}, threads {torch.get_num_threads()}, precision {models.precision}, backend "
+          f"{models.backend};"
           f" date {date.today()}")
     print(f"input: whole-spine phantom {ph.image.shape} at 1 mm; ResEnc-L random weights, patch "
           f"{models.step1.configuration_manager.patch_size}\n")

@@ -62,7 +62,7 @@ def test_cli_records_the_step_and_a_changed_step_redoes_the_image(tmp_path, cerv
     path, ph = cervical
     asked = []
 
-    def load(paths, device="auto", threads=None, step1_only=False, precision="auto", tile_step=0.5):
+    def load(paths, device="auto", threads=None, step1_only=False, precision="auto", tile_step=0.5, backend="torch"):
         asked.append(tile_step)  # what --tile-step handed to the networks; the oracle stands in for them
         return oracle_models(ph.labels, ph.affine, tile_step=tile_step)
 
