@@ -328,3 +328,29 @@ def test_eval_real_runs_one_real_scan_with_the_demo_model(real_data, tmp_path):
     assert {p["verdict"] for p in result["landmarks"]} <= {"right", "wrong", "none"}
     text = md.read_text()
     assert eval_real.NOTE in text and "| sct_testing_data/t2 |" in text and "`demo`" in text
+
+
+def test_folds_score_every_scan_with_the_model_that_did_not_train_on_its_subject(monkeypatch):
+    from types import SimpleNamespace
+
+    scored = []
+    monkeypatch.setattr(eval_real, "load_models", lambda name, device, threads: (
+        f"`{name}`", SimpleNamespace(device="cpu", precision="fp32", name=name)))
+    monkeypatch.setattr(eval_real, "expected_counts", lambda scans, root: {"landmarks": 0, "discs": 0})
+
+    def evaluate_scan(scan, models, root):
+        scored.append((scan.name, models.name))
+        return eval_real.ScanResult(scan.name, scan.image, 1.0, found="ok")
+
+    monkeypatch.setattr(eval_real, "evaluate_scan", evaluate_scan)
+    names = ["errsm_11/t2", "errsm_18/t2", "sct_testing_data/history_data_t2", "IVD_20", "t2_lumbar"]
+    report = eval_real.run_folds({"A": "trained_on_A", "B": "trained_on_B"},
+                                 [eval_real.SCANS_BY_NAME[n] for n in names])
+    # group A's scan by B's model and back; history_data_t2 is sct_example_data's subject (group B); the
+    # test-only lumbar scans and never-trained subjects by the first model
+    assert scored == [("errsm_11/t2", "trained_on_B"), ("errsm_18/t2", "trained_on_A"),
+                      ("sct_testing_data/history_data_t2", "trained_on_A"), ("IVD_20", "trained_on_A"),
+                      ("t2_lumbar", "trained_on_A")]
+    assert report["scored_by"]["errsm_11/t2"] == "B" and "trained on B" in report["table"]
+    with pytest.raises(ValueError):
+        eval_real.run_folds({"A": "x"}, [])
