@@ -44,12 +44,10 @@ import real_scores as rs  # noqa: E402
 from totalspineseg import labels as L  # noqa: E402
 from totalspineseg import volume, weights  # noqa: E402
 from totalspineseg.pipeline import Models, PipelineOptions, segment  # noqa: E402
+from totalspineseg.training.real_cases import IVD_TO_FINAL  # noqa: E402  (fastcleverseg IVD_*_GT values)
 
 REAL = ROOT.parent / "shared" / "data" / "real"
 NOTE = "numbers on a real scan count only from a model that never trained on that scan"
-
-#: fastcleverseg IVD_*_GT: 1 = L5-S1, 2 = L4-L5, 3 = L3-L4, 4 = L2-L3, 5 = L1-L2.
-IVD_TO_FINAL = {1: L.DISC_L5_S, 2: 95, 3: 94, 4: 93, 5: 92}
 
 CORD_SAGITTAL_T2 = "sagittal T2w"
 CORD_SAGITTAL_T1 = "sagittal T1w"

@@ -56,12 +56,12 @@ def resolve_backend(requested: str, device_type: str, precision: str) -> str:
     if requested == "openvino":
         if device_type != "cpu":
             raise UsageError("--backend openvino runs on the CPU only: use --device cpu, or --backend torch "
-                                     "on CUDA")
+                             "on CUDA")
         if precision not in _HINTS:
             raise UsageError(f"--backend openvino supports --precision fp32 or bf16, not {precision}")
         if not available():
             raise UsageError("--backend openvino: OpenVINO is not installed (pip install "
-                                     "'totalspineseg[openvino]'), or use --backend torch")
+                             "'totalspineseg[openvino]'), or use --backend torch")
     return requested
 
 
@@ -162,7 +162,7 @@ def _network_class():
         def forward(self, x):
             if tuple(x.shape) != self.input_shape:
                 raise InternalError(f"OpenVINO network compiled for tiles of {self.input_shape}, "
-                                         f"got {tuple(x.shape)}")
+                                    f"got {tuple(x.shape)}")
             result = self._request.infer({0: x.detach().to("cpu", torch.float32).contiguous().numpy()})
             return torch.from_numpy(result[self._compiled.output(0)].copy())
 

@@ -463,7 +463,7 @@ def load_model(folder: str | os.PathLike | ModelFolder, fold: int | str = 0, che
     ``precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``, as `totalspineseg.runtime.resolve_precision` settles it.
     ``tile_step``: the sliding-window step as a fraction of the patch, in (0, 1]; 0.5 (nnU-Net's default) overlaps
     neighbouring tiles by half a patch, larger steps run fewer tiles with less averaging at the seams.
-    ``backend``: ``torch``, ``openvino`` or ``auto``, as `totalspineseg.openvino_backend.resolve_backend` settles it.
+    ``backend``: ``torch`` or ``openvino``, checked by `totalspineseg.openvino_backend.resolve_backend`.
     """
     import torch
 

@@ -152,7 +152,8 @@ def add_real_cases(dirs: NnUNetDirs, settings: LiteSettings, root: Path | None =
     names = []
     for scan in tqdm(scans, desc="Real training scans", unit="scan", disable=not progress):
         partial = real_cases.load_partial_case(root, scan, SPACING)
-        predicted = _predicted_discs(models, root / scan.image, partial.case) if models is not None else None
+        needs_prediction = models is not None and scan.kind == "cord"  # disc scans mark their manual discs
+        predicted = _predicted_discs(models, root / scan.image, partial.case) if needs_prediction else None
         labels1 = real_cases.step1_labels(partial)
         copies2 = real_cases.step2_cases(partial, predicted)
         for copy in range(settings.real_copies):
